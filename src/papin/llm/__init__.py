@@ -1,0 +1,107 @@
+"""papin's LLM provider system (the seed's ``crate::offline::llm``).
+
+Names are exported lazily: ``import papin.llm`` does no I/O and imports no backend or HTTP
+package; each name's module is imported the first time it is used.
+
+Example::
+
+    from papin.llm import create_llm_manager
+
+    manager = create_llm_manager()
+    await manager.initialize()
+    print(await manager.generate_text("llama2:7b", "Tell me a story about a robot.", None))
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from papin.llm.config import LLMConfig, config_path
+    from papin.llm.errors import (
+        AuthenticationError,
+        CancelledError,
+        ConfigurationError,
+        DownloadError,
+        GenerationError,
+        ModelNotFoundError,
+        ProtocolError,
+        ProviderAPIError,
+        ProviderError,
+        ProviderTimeoutError,
+        ProviderUnavailableError,
+        RateLimitedError,
+        UnsupportedOperationError,
+    )
+    from papin.llm.factory import ProviderFactory, get_provider_factory, reset_provider_factory
+    from papin.llm.manager import LLMManager, ProviderChoice, create_llm_manager
+    from papin.llm.options import GenerationOptions
+    from papin.llm.provider import Provider, ProviderConfig
+    from papin.llm.sync import SyncLLMManager, create_sync_llm_manager
+    from papin.llm.types import (
+        Capability,
+        ChatMessage,
+        DownloadStatus,
+        GenerationChunk,
+        GenerationResult,
+        GenerationStats,
+        LoadedModel,
+        ModelInfo,
+        ProviderStatus,
+        ProviderType,
+    )
+
+_EXPORTS: dict[str, str] = {
+    "LLMConfig": "config",
+    "config_path": "config",
+    "AuthenticationError": "errors",
+    "CancelledError": "errors",
+    "ConfigurationError": "errors",
+    "DownloadError": "errors",
+    "GenerationError": "errors",
+    "ModelNotFoundError": "errors",
+    "ProtocolError": "errors",
+    "ProviderAPIError": "errors",
+    "ProviderError": "errors",
+    "ProviderTimeoutError": "errors",
+    "ProviderUnavailableError": "errors",
+    "RateLimitedError": "errors",
+    "UnsupportedOperationError": "errors",
+    "ProviderFactory": "factory",
+    "get_provider_factory": "factory",
+    "reset_provider_factory": "factory",
+    "LLMManager": "manager",
+    "ProviderChoice": "manager",
+    "create_llm_manager": "manager",
+    "GenerationOptions": "options",
+    "Provider": "provider",
+    "ProviderConfig": "provider",
+    "SyncLLMManager": "sync",
+    "create_sync_llm_manager": "sync",
+    "Capability": "types",
+    "ChatMessage": "types",
+    "DownloadStatus": "types",
+    "GenerationChunk": "types",
+    "GenerationResult": "types",
+    "GenerationStats": "types",
+    "LoadedModel": "types",
+    "ModelInfo": "types",
+    "ProviderStatus": "types",
+    "ProviderType": "types",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'papin.llm' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"papin.llm.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,524 @@
+"""The HTTP transport shared by every HTTP provider, and papin's single error boundary.
+
+* One ``httpx.AsyncClient`` per provider, over the aiohttp transport of ``httpx-aiohttp``
+  (measured ~6x the throughput of httpx's default async transport at 32-way concurrency).
+* Per-phase timeouts: ``connect``; ``first_byte`` (long enough for a cold model load);
+  ``idle`` between stream chunks; ``request`` for short management calls. Time the caller
+  spends between chunks is never counted against the server.
+* :func:`map_transport_errors` and :func:`error_for_response` are the only places where
+  transport exceptions and HTTP error statuses become :class:`~papin.llm.errors.ProviderError`.
+
+This module imports httpx, so providers import it lazily (``import papin.llm`` stays light).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import json as jsonlib
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NoReturn, TypeVar
+
+import httpx
+
+from papin.llm.errors import (
+    AuthenticationError,
+    ModelNotFoundError,
+    ProtocolError,
+    ProviderAPIError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+
+__all__ = [
+    "HttpTransport",
+    "PhaseTimeouts",
+    "ServiceInfo",
+    "error_for_response",
+    "map_transport_errors",
+    "parse_retry_after",
+]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseTimeouts:
+    """Timeouts in seconds for each phase of a request (``None`` = no limit)."""
+
+    connect: float | None = 5.0
+    first_byte: float | None = 600.0
+    idle: float | None = 120.0
+    request: float | None = 30.0
+
+
+def _default_error_text(body: bytes, content_type: str | None) -> str:
+    return body.decode("utf-8", "replace").strip()[:500]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What the error boundary needs to know to write messages a person can act on."""
+
+    provider: str
+    display_name: str
+    base_url: str
+    start_hint: str = ""
+    auth_hint: str = "Check the API key in the provider's configuration."
+    not_found_hint: Callable[[str], str] = field(default=lambda model: "")
+    error_text: Callable[[bytes, str | None], str] = _default_error_text
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header (delay seconds or an HTTP date) into seconds.
+
+    >>> parse_retry_after("7")
+    7.0
+    >>> parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412475.0)
+    5.0
+    >>> parse_retry_after("soon") is None
+    True
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def error_for_response(
+    service: ServiceInfo,
+    status: int,
+    body: bytes,
+    headers: httpx.Headers | dict[str, str],
+    *,
+    path: str,
+    model: str | None = None,
+) -> ProviderError:
+    """Build the error for an HTTP error status (the one place statuses are mapped)."""
+    content_type = headers.get("content-type")
+    text = service.error_text(body, content_type) if body else ""
+    where = f"{service.display_name} at {service.base_url}"
+    detail = f": {text}" if text else " (empty body)"
+    kw: dict[str, Any] = {
+        "provider": service.provider,
+        "model": model,
+        "status_code": status,
+        "body": text or None,
+    }
+    if status in (401, 403):
+        return AuthenticationError(
+            f"{where} refused the request ({status}){detail}. {service.auth_hint}", **kw
+        )
+    if status in (429, 503):
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        wait = f" Retry in {retry_after:g} s." if retry_after is not None else " Retry later."
+        busy = "is rate limiting requests" if status == 429 else "is busy or still loading"
+        return RateLimitedError(
+            f"{where} {busy} ({status}){detail}.{wait}", retry_after=retry_after, **kw
+        )
+    if status == 404 and model is not None and "not found" in text.lower() and "page" not in text:
+        hint = service.not_found_hint(model)
+        return ModelNotFoundError(
+            f"Model '{model}' is not available on {where}{detail}. {hint}".rstrip(), **kw
+        )
+    if status == 404:
+        return ProviderAPIError(
+            f"{where} has no endpoint {path} (404){detail}. Check that the endpoint is really "
+            f"{service.display_name} and that its version supports this operation.",
+            **kw,
+        )
+    if status >= 500:
+        return ProviderAPIError(f"{where} failed with a server error ({status}){detail}.", **kw)
+    return ProviderAPIError(f"{where} rejected the request ({status}){detail}.", **kw)
+
+
+def _classify(exc: BaseException) -> tuple[str, str]:
+    """Classify a transport failure as (kind, reason). Kinds: ``refused`` (nothing listening or
+    unreachable), ``connect_timeout``, ``tls``, ``lost`` (dropped mid-request), ``other``.
+
+    httpx-aiohttp maps most aiohttp connection errors to ``httpx.ConnectTimeout``, so the
+    original aiohttp exception (``__cause__``) decides when there is one.
+    """
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a dependency
+        aiohttp = None  # type: ignore[assignment]
+    if aiohttp is not None and isinstance(cause, aiohttp.ClientError):
+        if isinstance(cause, aiohttp.ClientSSLError):
+            return "tls", str(cause)
+        if isinstance(cause, aiohttp.ConnectionTimeoutError):
+            return "connect_timeout", "connect timed out"
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            err = cause.os_error
+            if isinstance(err, ConnectionRefusedError):
+                return "refused", "connection refused"
+            return "refused", str(err) or "cannot connect"
+        if isinstance(cause, aiohttp.ServerDisconnectedError):
+            return "lost", "the server closed the connection"
+        if isinstance(cause, aiohttp.ClientPayloadError):
+            return "lost", f"the response was cut off: {cause}"
+        if isinstance(cause, aiohttp.ClientOSError) and isinstance(
+            cause.__cause__ or cause, ConnectionResetError
+        ):
+            return "lost", "connection reset by the server"
+        return "lost", str(cause) or type(cause).__name__
+    if isinstance(cause, ssl.SSLError):
+        return "tls", str(cause)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect_timeout", "connect timed out"
+    if isinstance(exc, httpx.ConnectError):
+        text = str(cause).lower()
+        return "refused", "connection refused" if "refused" in text else (str(cause) or "cannot connect")
+    if isinstance(cause, ConnectionResetError):
+        return "lost", "connection reset by the server"
+    if isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError)):
+        return "lost", str(cause) or type(cause).__name__
+    return "other", str(cause) or type(cause).__name__
+
+
+@contextlib.contextmanager
+def map_transport_errors(service: ServiceInfo, *, model: str | None = None) -> Iterator[None]:
+    """Translate httpx/aiohttp/OS transport exceptions into :class:`ProviderError`."""
+    kw: dict[str, Any] = {"provider": service.provider, "model": model}
+    where = f"{service.display_name} at {service.base_url}"
+    try:
+        yield
+    except (ProviderError, TimeoutError):
+        raise  # TimeoutError: a phase timeout, turned into ProviderTimeoutError by the caller
+    except httpx.UnsupportedProtocol as exc:
+        raise ProviderUnavailableError(
+            f"Cannot connect to {service.base_url}: {exc}. Use an http:// or https:// URL.", **kw
+        ) from exc
+    except (httpx.TransportError, ssl.SSLError, OSError) as exc:
+        kind, reason = _classify(exc)
+        if kind == "refused":
+            raise ProviderUnavailableError(
+                f"{service.display_name} is not running at {service.base_url} ({reason}). "
+                f"{service.start_hint}".rstrip(),
+                **kw,
+            ) from exc
+        if kind == "connect_timeout":
+            raise ProviderTimeoutError(
+                f"Timed out connecting to {where}. Check that the address is right and reachable.",
+                phase="connect",
+                **kw,
+            ) from exc
+        if kind == "tls":
+            raise ProviderUnavailableError(
+                f"TLS error talking to {where}: {reason}. Set verify_ssl to false, or ca_bundle "
+                "to the server's CA certificate, if it uses a private or self-signed certificate.",
+                **kw,
+            ) from exc
+        if kind == "lost":
+            raise ProviderUnavailableError(
+                f"Lost the connection to {where} ({reason}); the answer is incomplete.", **kw
+            ) from exc
+        raise ProviderUnavailableError(f"Request to {where} failed: {reason}", **kw) from exc
+    except httpx.HTTPError as exc:
+        raise ProviderUnavailableError(f"Request to {where} failed: {exc}", **kw) from exc
+
+
+class _PhaseClock:
+    """Cancels its task when one awaited phase outlasts its limit; one lazy timer per request.
+
+    Only time spent awaiting the server counts: between awaits (the caller consuming a
+    chunk) the clock is stopped.
+    """
+
+    __slots__ = ("_handle", "_limit", "_loop", "_phase", "_started", "_task", "expired")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+        self._limit: float | None = None
+        self._phase = ""
+        self._started = 0.0
+        self.expired: tuple[str, float] | None = None
+
+    async def run(self, awaitable: Awaitable[T], phase: str, limit: float | None) -> T:
+        if limit is None:
+            return await awaitable
+        # The task can change between calls (the sync facade drives a stream chunk by chunk).
+        self._task = asyncio.current_task()
+        self._phase, self._limit, self._started = phase, limit, self._loop.time()
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._started + limit, self._fire)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if self.expired is not None and self._task is not None and self._task.uncancel() == 0:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._limit = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._limit is None or self._task is None:
+            return
+        due = self._started + self._limit
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        self.expired = (self._phase, self._limit)
+        self._task.cancel()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+
+_PHASE_TEXT = {
+    "first_byte": "sent nothing for {limit:g} s after the request (first-byte timeout; a cold "
+    "model load may need more: raise first_byte_timeout_seconds)",
+    "idle": "stalled: no data for {limit:g} s in the middle of the answer (idle timeout; raise "
+    "idle_timeout_seconds if the model is very slow)",
+    "request": "did not complete the request within {limit:g} s (timeout_seconds)",
+}
+
+
+class HttpTransport:
+    """Sends requests to one backend with phase timeouts and the error boundary applied."""
+
+    def __init__(
+        self,
+        service: ServiceInfo,
+        *,
+        headers: dict[str, str] | None = None,
+        verify_ssl: bool = True,
+        ca_bundle: str | None = None,
+        timeouts: PhaseTimeouts | None = None,
+        max_response_bytes: int = 64 * 1024 * 1024,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.service = service
+        self.timeouts = timeouts or PhaseTimeouts()
+        self.max_response_bytes = max_response_bytes
+        self._headers = {"accept": "application/json", "user-agent": "papin", **(headers or {})}
+        self._verify_ssl = verify_ssl
+        self._ca_bundle = ca_bundle
+        self._client = client
+        self._owns_client = client is None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The underlying client, created on first use."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=self._ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            from papin.llm.errors import ConfigurationError
+
+            raise ConfigurationError(
+                f"Cannot read the CA bundle {self._ca_bundle!r}: {exc}",
+                provider=self.service.provider,
+            ) from exc
+        if not self._verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def _make_client(self) -> httpx.AsyncClient:
+        from httpx_aiohttp import AiohttpTransport
+
+        timeout = httpx.Timeout(connect=self.timeouts.connect, read=None, write=None, pool=None)
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        transport = AiohttpTransport(verify=self._ssl_context(), limits=limits)
+        return httpx.AsyncClient(
+            base_url=self.service.base_url,
+            headers=self._headers,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        """Close the connection pool (only if this transport created the client)."""
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            await client.aclose()
+
+    def _raise_timeout(self, clock: _PhaseClock, model: str | None) -> NoReturn:
+        phase, limit = clock.expired or ("idle", self.timeouts.idle or 0.0)
+        text = _PHASE_TEXT[phase].format(limit=limit)
+        raise ProviderTimeoutError(
+            f"{self.service.display_name} at {self.service.base_url} {text}.",
+            phase=phase,
+            timeout=limit,
+            provider=self.service.provider,
+            model=model,
+        )
+
+    async def _read_body(self, response: httpx.Response, clock: _PhaseClock | None) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        iterator = response.aiter_raw().__aiter__()
+        while True:
+            try:
+                if clock is None:
+                    chunk = await iterator.__anext__()
+                else:
+                    chunk = await clock.run(iterator.__anext__(), "idle", self.timeouts.idle)
+            except StopAsyncIteration:
+                break
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise ProtocolError(
+                    f"{self.service.display_name} sent a response larger than "
+                    f"{self.max_response_bytes // (1024 * 1024)} MiB; refusing to read it all.",
+                    provider=self.service.provider,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        model: str | None = None,
+        timeout: float | None = None,
+    ) -> tuple[httpx.Response, bytes]:
+        """Send a request and read the whole body; raises on an error status."""
+        limit = timeout if timeout is not None else self.timeouts.request
+        request = self.client.build_request(method, path, json=json)
+        try:
+            async with asyncio.timeout(limit):
+                with map_transport_errors(self.service, model=model):
+                    response = await self.client.send(request, stream=True)
+                    try:
+                        body = await self._read_body(response, None)
+                    finally:
+                        await response.aclose()
+        except TimeoutError:
+            text = _PHASE_TEXT["request"].format(limit=limit)
+            raise ProviderTimeoutError(
+                f"{self.service.display_name} at {self.service.base_url} {text}.",
+                phase="request",
+                timeout=limit,
+                provider=self.service.provider,
+                model=model,
+            ) from None
+        if response.status_code >= 400:
+            raise error_for_response(
+                self.service, response.status_code, body, response.headers, path=path, model=model
+            )
+        return response, body
+
+    async def request_json(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        model: str | None = None,
+        timeout: float | None = None,
+        allow_empty: bool = False,
+    ) -> Any:
+        """Send a request and parse its JSON answer (``None`` for an allowed empty body)."""
+        response, body = await self.request(method, path, json=json, model=model, timeout=timeout)
+        if not body.strip():
+            if allow_empty:
+                return None
+            raise ProtocolError(
+                f"{self.service.display_name} at {self.service.base_url} answered {path} with an "
+                "empty body where JSON was expected.",
+                provider=self.service.provider,
+                model=model,
+                status_code=response.status_code,
+            )
+        try:
+            return jsonlib.loads(body)
+        except ValueError:
+            ctype = response.headers.get("content-type", "no content type")
+            preview = body[:120].decode("utf-8", "replace")
+            raise ProtocolError(
+                f"{self.service.display_name} at {self.service.base_url} answered {path} with "
+                f"{ctype!r} that is not JSON ({preview!r}). Is the endpoint right, or is a proxy "
+                "in the way?",
+                provider=self.service.provider,
+                model=model,
+                status_code=response.status_code,
+            ) from None
+
+    async def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        model: str | None = None,
+    ) -> AsyncIterator[bytes]:
+        """Yield the raw body chunks of a streamed answer.
+
+        The first chunk must arrive within ``first_byte``, each later one within ``idle``.
+        Closing the iterator (or cancelling the task) closes the connection, so the backend
+        sees the client go away and stops generating.
+        """
+        clock = _PhaseClock()
+        request = self.client.build_request(method, path, json=json)
+        response: httpx.Response | None = None
+        try:
+            with map_transport_errors(self.service, model=model):
+                response = await clock.run(
+                    self.client.send(request, stream=True), "first_byte", self.timeouts.first_byte
+                )
+                if response.status_code >= 400:
+                    body = await self._read_body(response, clock)
+                    raise error_for_response(
+                        self.service,
+                        response.status_code,
+                        body,
+                        response.headers,
+                        path=path,
+                        model=model,
+                    )
+                ctype = response.headers.get("content-type", "")
+                if ctype.startswith("text/html"):
+                    raise ProtocolError(
+                        f"{self.service.display_name} at {self.service.base_url} answered {path} "
+                        "with an HTML page instead of a stream. Is the endpoint right, or is a "
+                        "proxy in the way?",
+                        provider=self.service.provider,
+                        model=model,
+                        status_code=response.status_code,
+                    )
+                iterator = response.aiter_raw().__aiter__()
+                phase, limit = "first_byte", self.timeouts.first_byte
+                while True:
+                    try:
+                        chunk = await clock.run(iterator.__anext__(), phase, limit)
+                    except StopAsyncIteration:
+                        break
+                    phase, limit = "idle", self.timeouts.idle
+                    yield chunk
+        except TimeoutError:
+            self._raise_timeout(clock, model)
+        finally:
+            clock.close()
+            if response is not None:
+                await response.aclose()
+

@@ -1,0 +1,451 @@
+"""``LLMManager``: the high-level interface applications use (the seed's LLM Manager).
+
+Example::
+
+    from papin.llm import create_llm_manager
+
+    manager = create_llm_manager()
+    await manager.initialize()
+    text = await manager.generate_text("llama2:7b", "Tell me a story about a robot.", None)
+
+The manager chooses a provider (see :meth:`LLMManager.initialize`), resolves which model to
+use, pulls a missing model when ``auto_pull`` is on, and exposes model management.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from papin.llm.config import LLMConfig
+from papin.llm.errors import (
+    ConfigurationError,
+    ModelNotFoundError,
+    ProviderError,
+    ProviderUnavailableError,
+)
+from papin.llm.factory import ProviderFactory, get_provider_factory
+from papin.llm.options import GenerationOptions
+from papin.llm.provider import ChunkCallback, Messages, ProgressCallback, Provider
+from papin.llm.types import (
+    Capability,
+    DownloadStatus,
+    GenerationChunk,
+    GenerationResult,
+    LoadedModel,
+    ModelInfo,
+    ProviderStatus,
+)
+
+__all__ = ["LLMManager", "ProviderChoice", "create_llm_manager"]
+
+#: Providers tried, in order, when none is configured or the configured one is down.
+AUTO_PROVIDER_ORDER: tuple[str, ...] = ("ollama",)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderChoice:
+    """Which provider the manager chose, and why."""
+
+    provider: str
+    reason: str
+    status: ProviderStatus
+    tried: tuple[ProviderStatus, ...] = ()
+
+
+class LLMManager:
+    """High-level, provider-independent access to local LLMs.
+
+    Create it with :func:`create_llm_manager` (configuration from file and environment) or
+    :meth:`with_config` (exactly the configuration given), then ``await initialize()``.
+    All methods are coroutines; :class:`papin.llm.sync.SyncLLMManager` wraps them for
+    synchronous code.
+    """
+
+    def __init__(
+        self,
+        config: LLMConfig | None = None,
+        *,
+        factory: ProviderFactory | None = None,
+        provider: Provider | None = None,
+    ) -> None:
+        self.config = config if config is not None else LLMConfig()
+        self._factory = factory
+        self._provider = provider
+        self._choice: ProviderChoice | None = None
+        self._current_model: str | None = None
+        self._init_lock: asyncio.Lock | None = None
+        #: Default download-progress callback for automatic pulls (the CLI sets one).
+        self.on_download: ProgressCallback | None = None
+
+    @classmethod
+    def with_config(cls, config: LLMConfig) -> LLMManager:
+        """A manager using exactly ``config`` (no file or environment lookups)."""
+        return cls(config)
+
+    @property
+    def factory(self) -> ProviderFactory:
+        """The provider factory in use (the process-wide one by default)."""
+        return self._factory or get_provider_factory()
+
+    # -- provider selection ---------------------------------------------------------------
+    async def initialize(self) -> LLMManager:
+        """Choose the provider.
+
+        1. The configured ``provider_type`` if its backend is available.
+        2. Otherwise, with ``auto_discover`` (or when nothing is configured), the first
+           available provider in :data:`AUTO_PROVIDER_ORDER`.
+
+        Raises:
+            ProviderUnavailableError: no provider is available; the message lists why.
+            ConfigurationError: the configuration is invalid.
+        """
+        if self._init_lock is None:
+            self._init_lock = asyncio.Lock()
+        async with self._init_lock:
+            if self._provider is not None and self._choice is not None:
+                return self
+            if self._provider is not None:  # injected
+                status = await self._provider.status()
+                self._choice = ProviderChoice(self._provider.name, "given explicitly", status)
+                return self
+            self._choice, self._provider = await self._choose_provider()
+            self.factory.set_default_provider(self._choice.provider)
+        return self
+
+    async def _ensure(self) -> Provider:
+        if self._provider is None or self._choice is None:
+            await self.initialize()
+        assert self._provider is not None
+        return self._provider
+
+    def _create(self, name: str) -> Provider:
+        return self.factory.create_provider(name, self.config.settings_for(name))
+
+    async def _choose_provider(self) -> tuple[ProviderChoice, Provider]:
+        configured = self.config.provider_type
+        candidates: list[str] = [configured] if configured else []
+        if not configured or self.config.auto_discover:
+            candidates += [n for n in AUTO_PROVIDER_ORDER if n != configured]
+        tried: list[ProviderStatus] = []
+        for name in candidates:
+            provider = self._create(name)
+            status = await provider.status()
+            if status.available:
+                where = f" at {status.endpoint}" if status.endpoint else ""
+                if name == configured:
+                    reason = f"configured provider '{name}' is available{where}"
+                elif configured:
+                    reason = (
+                        f"configured provider '{configured}' is unavailable "
+                        f"({tried[0].error}); using '{name}'{where} instead"
+                    )
+                else:
+                    reason = f"no provider configured; '{name}' answers{where}"
+                return ProviderChoice(name, reason, status, tuple(tried)), provider
+            tried.append(status)
+            await provider.aclose()
+        details = "; ".join(f"{s.provider}: {s.error}" for s in tried)
+        raise ProviderUnavailableError(
+            f"No LLM provider is available. {details}",
+            provider=configured,
+        )
+
+    @property
+    def provider_choice(self) -> ProviderChoice | None:
+        """The provider chosen by :meth:`initialize`, with the reason."""
+        return self._choice
+
+    @property
+    def current_provider(self) -> Provider:
+        """The active provider (after :meth:`initialize`)."""
+        if self._provider is None:
+            raise ConfigurationError("No active provider: call 'await manager.initialize()' first.")
+        return self._provider
+
+    @property
+    def current_model(self) -> str | None:
+        """The model selected with :meth:`select_model` or configured as default."""
+        return self._current_model or self.config.default_model
+
+    async def set_provider(self, name: str, settings: dict[str, Any] | None = None) -> None:
+        """Switch to provider ``name`` (it must be available)."""
+        provider = self.factory.create_provider(name, settings or self.config.settings_for(name))
+        status = await provider.status()
+        if not status.available:
+            await provider.aclose()
+            raise ProviderUnavailableError(status.error or f"{name} is not available", provider=name)
+        old, self._provider = self._provider, provider
+        self._choice = ProviderChoice(name, "selected explicitly", status)
+        if old is not None:
+            await old.aclose()
+
+    async def get_available_providers(self) -> dict[str, ProviderStatus]:
+        """Status of every registered provider (probed concurrently)."""
+        settings = {n: self.config.settings_for(n) for n in self.factory.registered_providers()}
+        return await self.factory.check_providers(settings)
+
+    # -- models ---------------------------------------------------------------------------
+    async def resolve_model(self, model: str | None) -> str:
+        """Which model to use: ``model``; else the selected/default model; else a loaded one;
+        else the first installed one."""
+        if model and model.strip():
+            return model.strip()
+        if self.current_model:
+            return self.current_model
+        provider = await self._ensure()
+        if provider.supports(Capability.LIST_LOADED):
+            loaded = await provider.list_loaded_models()
+            if loaded:
+                return loaded[0].id
+        installed = await provider.list_downloaded_models()
+        if installed:
+            return installed[0].id
+        raise ModelNotFoundError(
+            f"No model given and {provider.display_name} has none installed. Pull one with "
+            "'papin models pull NAME', or set a default with 'papin config set default_model NAME'.",
+            provider=provider.name,
+        )
+
+    def select_model(self, model: str) -> None:
+        """Use ``model`` when a call gives none (for this manager; see ``config set`` to persist)."""
+        if not model or not model.strip():
+            raise ConfigurationError("Model name must not be empty.")
+        self._current_model = model.strip()
+
+    async def list_available_models(self) -> list[ModelInfo]:
+        """Models the provider can use or download."""
+        return await (await self._ensure()).list_available_models()
+
+    async def list_downloaded_models(self) -> list[ModelInfo]:
+        """Installed models."""
+        return await (await self._ensure()).list_downloaded_models()
+
+    async def get_model_info(self, model: str) -> ModelInfo:
+        """Details of one model."""
+        return await (await self._ensure()).get_model_info(model)
+
+    async def download_model(
+        self, model: str, on_progress: ProgressCallback | None = None
+    ) -> DownloadStatus:
+        """Download ``model`` and wait for it, reporting progress."""
+        return await (await self._ensure()).download_model(model, on_progress)
+
+    async def start_download(self, model: str) -> None:
+        """Start a background download (see :meth:`get_download_status`)."""
+        await (await self._ensure()).start_download(model)
+
+    async def cancel_download(self, model: str) -> None:
+        """Cancel a background download."""
+        await (await self._ensure()).cancel_download(model)
+
+    async def get_download_status(self, model: str) -> DownloadStatus | None:
+        """Progress of a background download."""
+        return (await self._ensure()).get_download_status(model)
+
+    async def delete_model(self, model: str) -> None:
+        """Delete an installed model."""
+        await (await self._ensure()).delete_model(model)
+
+    async def load_model(self, model: str) -> None:
+        """Load a model into memory."""
+        await (await self._ensure()).load_model(model)
+
+    async def unload_model(self, model: str) -> None:
+        """Unload a model from memory."""
+        await (await self._ensure()).unload_model(model)
+
+    async def is_model_loaded(self, model: str) -> bool:
+        """Whether a model is loaded."""
+        return await (await self._ensure()).is_model_loaded(model)
+
+    async def list_loaded_models(self) -> list[LoadedModel]:
+        """Models currently in memory."""
+        return await (await self._ensure()).list_loaded_models()
+
+    async def get_system_info(self) -> dict[str, str]:
+        """Facts about the active provider's backend."""
+        return await (await self._ensure()).get_system_info()
+
+    # -- generation -----------------------------------------------------------------------
+    async def _auto_pulling(
+        self,
+        model: str,
+        open_stream: Callable[[Provider, str], AsyncIterator[GenerationChunk]],
+        on_download: ProgressCallback | None,
+    ) -> AsyncIterator[GenerationChunk]:
+        provider = await self._ensure()
+        stream = open_stream(provider, model)
+        try:
+            try:
+                first = await stream.__anext__()
+            except StopAsyncIteration:
+                return
+            except ModelNotFoundError as exc:
+                await stream.aclose()  # type: ignore[attr-defined]
+                if not self.config.auto_pull or not provider.supports(Capability.DOWNLOAD):
+                    if not self.config.auto_pull and provider.supports(Capability.DOWNLOAD):
+                        exc.message += (
+                            " (Automatic download is off: 'papin config set auto_pull true' "
+                            "turns it on.)"
+                        )
+                        exc.args = (exc.message,)
+                    raise
+                await provider.download_model(model, on_download or self.on_download)
+                stream = open_stream(provider, model)
+                try:
+                    first = await stream.__anext__()
+                except StopAsyncIteration:
+                    return
+            yield first
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def stream(
+        self,
+        model: str | None,
+        prompt: str,
+        options: GenerationOptions | None = None,
+        *,
+        on_download: ProgressCallback | None = None,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream a completion as :class:`GenerationChunk` objects (``async for``).
+
+        Breaking out of the loop or cancelling the task closes the backend stream.
+        """
+        name = await self.resolve_model(model)
+        stream = self._auto_pulling(
+            name, lambda p, m: p.stream_generate(m, prompt, options), on_download
+        )
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def stream_chat(
+        self,
+        model: str | None,
+        messages: Messages,
+        options: GenerationOptions | None = None,
+        *,
+        on_download: ProgressCallback | None = None,
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream a chat reply as :class:`GenerationChunk` objects."""
+        name = await self.resolve_model(model)
+        stream = self._auto_pulling(
+            name, lambda p, m: p.stream_chat(m, messages, options), on_download
+        )
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def generate(
+        self,
+        model: str | None,
+        prompt: str,
+        options: GenerationOptions | None = None,
+        *,
+        on_download: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        """Complete ``prompt``; returns text and statistics."""
+        name = await self.resolve_model(model)
+        provider = await self._ensure()
+        return await provider.collect(name, self.stream(name, prompt, options, on_download=on_download))
+
+    async def generate_text(
+        self,
+        model: str | None,
+        prompt: str,
+        options: GenerationOptions | None = None,
+        *,
+        on_download: ProgressCallback | None = None,
+    ) -> str:
+        """The seed's ``generate_text``: the completion of ``prompt`` as a string."""
+        return (await self.generate(model, prompt, options, on_download=on_download)).text
+
+    async def generate_text_streaming(
+        self,
+        model: str | None,
+        prompt: str,
+        options: GenerationOptions | None,
+        callback: ChunkCallback,
+        *,
+        on_download: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        """The seed's streaming call: ``callback(chunk)`` gets each piece of text.
+
+        ``callback`` returning ``False`` stops generation: the backend stream is closed and
+        the result has ``finish_reason == "cancelled"``. It may be a coroutine function.
+        """
+        name = await self.resolve_model(model)
+        provider = await self._ensure()
+        return await provider.collect(
+            name, self.stream(name, prompt, options, on_download=on_download), callback=callback
+        )
+
+    async def chat(
+        self,
+        model: str | None,
+        messages: Messages,
+        options: GenerationOptions | None = None,
+        *,
+        callback: ChunkCallback | None = None,
+        on_download: ProgressCallback | None = None,
+    ) -> GenerationResult:
+        """Answer a conversation; ``callback`` (optional) streams the reply as it comes."""
+        name = await self.resolve_model(model)
+        provider = await self._ensure()
+        return await provider.collect(
+            name,
+            self.stream_chat(name, messages, options, on_download=on_download),
+            callback=callback,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def aclose(self) -> None:
+        """Close the provider's connections and cancel background downloads."""
+        provider, self._provider = self._provider, None
+        self._choice = None
+        if provider is not None:
+            await provider.aclose()
+
+    async def __aenter__(self) -> LLMManager:
+        return await self.initialize()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def create_llm_manager(
+    *,
+    provider: str | None = None,
+    model: str | None = None,
+    endpoint: str | None = None,
+    config: LLMConfig | None = None,
+) -> LLMManager:
+    """Create a manager from the config file and environment, with explicit overrides.
+
+    Precedence: these arguments > environment variables > config file > defaults.
+    Nothing is contacted until :meth:`LLMManager.initialize`.
+    """
+    cfg = config if config is not None else LLMConfig.load()
+    if provider:
+        try:
+            cfg = cfg.set_value("provider_type", provider)
+        except ProviderError:
+            raise
+    if model:
+        cfg = cfg.model_copy(update={"default_model": model})
+    if endpoint:
+        target = cfg.provider_type or AUTO_PROVIDER_ORDER[0]
+        if cfg.provider_type is None:
+            cfg = cfg.set_value("provider_type", target)
+        cfg = cfg.with_provider_settings(target, endpoint=endpoint)
+    return LLMManager(cfg)

@@ -1,0 +1,271 @@
+"""Ollama provider: the native ``/api/*`` REST API (NDJSON streaming).
+
+Example::
+
+    from papin.llm.providers.ollama import OllamaConfig, OllamaProvider
+
+    async with OllamaProvider(OllamaConfig(endpoint="http://127.0.0.1:11434")) as ollama:
+        print(await ollama.generate_text("llama3.2", "Why is the sky blue?"))
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import Field, model_validator
+
+from papin.llm.errors import (
+    DownloadError,
+    GenerationError,
+    ModelNotFoundError,
+    ProtocolError,
+    ProviderError,
+)
+from papin.llm.http_provider import HttpProvider, HttpProviderConfig
+from papin.llm.options import GenerationOptions
+from papin.llm.progress import ProgressMeter
+from papin.llm.provider import Messages, ProviderConfig, as_messages
+from papin.llm.types import (
+    Capability,
+    DownloadStatus,
+    GenerationChunk,
+    LoadedModel,
+    ModelInfo,
+    ProviderStatus,
+    ProviderType,
+)
+from papin.llm.wire import ollama as wire
+from papin.llm.wire.ndjson import NdjsonDecoder
+
+if TYPE_CHECKING:
+    from papin.llm._http import ServiceInfo
+
+__all__ = ["OllamaConfig", "OllamaProvider"]
+
+
+class OllamaConfig(HttpProviderConfig):
+    """Settings of the Ollama provider.
+
+    ``endpoint`` accepts anything ``OLLAMA_HOST`` accepts (``127.0.0.1``, ``:11500``,
+    ``https://host/sub``...); left empty it comes from ``OLLAMA_HOST``, else
+    ``http://127.0.0.1:11434``. ``api_key`` defaults to ``OLLAMA_API_KEY``.
+    """
+
+    keep_alive: float | str | None = Field(
+        None, description="How long Ollama keeps a model loaded after a request ('5m', 300, -1)."
+    )
+
+    @model_validator(mode="after")
+    def _resolve_endpoint(self) -> OllamaConfig:
+        raw = self.endpoint or os.environ.get("OLLAMA_HOST", "")
+        try:
+            resolved = wire.parse_host(raw)
+        except ProviderError as exc:
+            raise ValueError(str(exc)) from None
+        if self.endpoint != resolved:
+            object.__setattr__(self, "endpoint", resolved)
+        if self.api_key is None and os.environ.get("OLLAMA_API_KEY"):
+            object.__setattr__(self, "api_key", os.environ["OLLAMA_API_KEY"])
+        return self
+
+
+class OllamaProvider(HttpProvider):
+    """Talks to an Ollama server through its native REST API."""
+
+    provider_type: ClassVar[ProviderType] = ProviderType.OLLAMA
+    display_name: ClassVar[str] = "Ollama"
+    description: ClassVar[str] = "Ollama runs open-weight models locally (https://ollama.com)."
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    config_class: ClassVar[type[ProviderConfig]] = OllamaConfig
+    config: OllamaConfig
+
+    def service_info(self) -> ServiceInfo:
+        """Ollama-specific hints for error messages."""
+        from papin.llm._http import ServiceInfo
+
+        return ServiceInfo(
+            provider=self.name,
+            display_name=self.display_name,
+            base_url=self.endpoint,
+            start_hint="Start it with 'ollama serve', or set OLLAMA_HOST to where it runs.",
+            auth_hint="Set the api_key (or OLLAMA_API_KEY) the server expects.",
+            not_found_hint=lambda m: f"Pull it with 'papin models pull {m}' (or 'ollama pull {m}').",
+            error_text=wire.error_text,
+        )
+
+    # -- status ---------------------------------------------------------------------------
+    async def status(self) -> ProviderStatus:
+        """Probe ``/api/version``; never raises."""
+        timeout = min(self.config.timeout_seconds or 5.0, 5.0)
+        try:
+            data = await self.transport.request_json("GET", "/api/version", timeout=timeout)
+        except ProviderError as exc:
+            return ProviderStatus(self.name, False, endpoint=self.endpoint, error=str(exc))
+        if not isinstance(data, dict) or "version" not in data:
+            return ProviderStatus(
+                self.name,
+                False,
+                endpoint=self.endpoint,
+                error=f"The server at {self.endpoint} answers, but not like Ollama does.",
+            )
+        return ProviderStatus(self.name, True, endpoint=self.endpoint, version=str(data["version"]))
+
+    # -- models ---------------------------------------------------------------------------
+    async def list_downloaded_models(self) -> list[ModelInfo]:
+        """Installed models (``GET /api/tags``)."""
+        return wire.parse_models(await self.transport.request_json("GET", "/api/tags"), self.name)
+
+    async def get_model_info(self, model: str) -> ModelInfo:
+        """Model details (``POST /api/show``), including its context length."""
+        data = await self.transport.request_json("POST", "/api/show", json={"model": model}, model=model)
+        if not isinstance(data, dict):
+            raise ProtocolError("Unexpected /api/show answer.", provider=self.name, model=model)
+        return wire.parse_show(data, model, self.name)
+
+    async def delete_model(self, model: str) -> None:
+        """Delete an installed model (``DELETE /api/delete``)."""
+        await self.transport.request_json(
+            "DELETE", "/api/delete", json={"model": model}, model=model, allow_empty=True
+        )
+
+    async def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:  # type: ignore[override]
+        """Pull ``model``, aggregating per-layer progress into one status stream."""
+        aggregator = wire.PullAggregator()
+        meter = ProgressMeter(model)
+        decoder = NdjsonDecoder(provider=self.name)
+        stream = self.transport.stream(
+            "POST", "/api/pull", json={"model": model, "stream": True}, model=model
+        )
+        try:
+            async for data in stream:
+                for obj in decoder.feed(data):
+                    status = self._pull_status(obj, model, aggregator, meter)
+                    yield status
+                    if status.complete:
+                        return
+            for obj in decoder.close():
+                status = self._pull_status(obj, model, aggregator, meter)
+                yield status
+                if status.complete:
+                    return
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        raise DownloadError(
+            f"Ollama's pull of '{model}' ended without reporting success (last status: "
+            f"{aggregator.status!r}); the model may be incomplete. Run the pull again to resume.",
+            provider=self.name,
+            model=model,
+        )
+
+    def _pull_status(
+        self,
+        obj: Any,
+        model: str,
+        aggregator: wire.PullAggregator,
+        meter: ProgressMeter,
+    ) -> DownloadStatus:
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"Unexpected pull progress line: {obj!r}", provider=self.name)
+        if "error" in obj:
+            text = str(obj["error"])
+            cls = ModelNotFoundError if "file does not exist" in text else DownloadError
+            hint = " Check the model name on https://ollama.com/library." if cls is ModelNotFoundError else ""
+            raise cls(
+                f"Ollama could not pull '{model}': {text}.{hint}", provider=self.name, model=model
+            )
+        done, total, status = aggregator.feed(obj)
+        if aggregator.success:
+            return meter.finish(status)
+        return meter.update(done, total, status)
+
+    # -- loading --------------------------------------------------------------------------
+    async def list_loaded_models(self) -> list[LoadedModel]:
+        """Models in memory (``GET /api/ps``)."""
+        return wire.parse_loaded_models(await self.transport.request_json("GET", "/api/ps"), self.name)
+
+    async def is_model_loaded(self, model: str) -> bool:
+        """Whether ``model`` is in ``/api/ps`` (``x`` matches ``x:latest``)."""
+        return any(wire.same_model(m.id, model) for m in await self.list_loaded_models())
+
+    async def load_model(self, model: str) -> None:
+        """Load ``model`` (a generate request without a prompt)."""
+        body = wire.build_load(model, keep_alive=self.config.keep_alive)
+        await self.transport.request_json(
+            "POST", "/api/generate", json=body, model=model,
+            timeout=self.config.first_byte_timeout_seconds,
+        )
+
+    async def unload_model(self, model: str) -> None:
+        """Unload ``model`` now (``keep_alive: 0``)."""
+        body = wire.build_load(model, keep_alive=0)
+        await self.transport.request_json("POST", "/api/generate", json=body, model=model)
+
+    # -- generation -----------------------------------------------------------------------
+    def _with_keep_alive(self, options: GenerationOptions | None) -> GenerationOptions | None:
+        if self.config.keep_alive is None or (options and options.keep_alive is not None):
+            return options
+        return (options or GenerationOptions()).model_copy(update={"keep_alive": self.config.keep_alive})
+
+    def stream_generate(
+        self, model: str, prompt: str, options: GenerationOptions | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream a completion from ``POST /api/generate``."""
+        body = wire.build_generate(model, prompt, self._with_keep_alive(options))
+        return self._generation_stream("/api/generate", body, model)
+
+    def stream_chat(
+        self, model: str, messages: Messages, options: GenerationOptions | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream a chat reply from ``POST /api/chat``."""
+        body = wire.build_chat(model, as_messages(messages), self._with_keep_alive(options))
+        return self._generation_stream("/api/chat", body, model)
+
+    async def _generation_stream(
+        self, path: str, body: dict[str, Any], model: str
+    ) -> AsyncIterator[GenerationChunk]:
+        started = time.perf_counter()
+        ttft: float | None = None
+        received = 0
+        decoder = NdjsonDecoder(provider=self.name)
+        stream = self.transport.stream("POST", path, json=body, model=model)
+        try:
+            async for data in stream:
+                for obj in decoder.feed(data):
+                    chunk = self._chunk(obj, model, ttft, received)
+                    if chunk.text:
+                        received += len(chunk.text)
+                        if ttft is None:
+                            ttft = time.perf_counter() - started
+                    yield chunk
+                    if chunk.done:
+                        return
+            for obj in decoder.close():
+                chunk = self._chunk(obj, model, ttft, received)
+                yield chunk
+                if chunk.done:
+                    return
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        raise ProtocolError(
+            f"Ollama's stream ended without its final message after {received} characters; "
+            "the answer is incomplete (the server may have crashed or been stopped).",
+            provider=self.name,
+            model=model,
+        )
+
+    def _chunk(self, obj: Any, model: str, ttft: float | None, received: int) -> GenerationChunk:
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"Unexpected stream message: {obj!r}", provider=self.name, model=model)
+        if "error" in obj:
+            where = f" after {received} characters" if received else ""
+            raise GenerationError(
+                f"Ollama reported an error during generation{where}: {obj['error']}",
+                provider=self.name,
+                model=model,
+                status_code=200,
+                body=obj["error"],
+            )
+        return wire.parse_chunk(obj, time_to_first_token=ttft)

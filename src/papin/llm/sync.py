@@ -1,0 +1,207 @@
+"""A thin synchronous facade over :class:`~papin.llm.manager.LLMManager`, for scripts and the CLI.
+
+It runs the async core on a private event loop (one ``asyncio.Runner`` per facade), so the
+same code and the same sans-I/O wire layer serve both worlds. In the main thread, Ctrl-C
+cancels the running call: the backend connection is closed and ``KeyboardInterrupt`` is
+raised. A facade is not for use inside a running event loop (use ``LLMManager`` there).
+
+Example::
+
+    from papin.llm.sync import create_sync_llm_manager
+
+    with create_sync_llm_manager() as llm:
+        print(llm.generate_text(None, "Tell me a story about a robot."))
+        for chunk in llm.stream(None, "Count to five."):
+            print(chunk.text, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any, TypeVar
+
+from papin.llm.config import LLMConfig
+from papin.llm.errors import ConfigurationError
+from papin.llm.manager import LLMManager, ProviderChoice, create_llm_manager
+from papin.llm.options import GenerationOptions
+from papin.llm.provider import ChunkCallback, Messages, ProgressCallback, Provider
+from papin.llm.types import (
+    DownloadStatus,
+    GenerationChunk,
+    GenerationResult,
+    LoadedModel,
+    ModelInfo,
+    ProviderStatus,
+)
+
+__all__ = ["SyncLLMManager", "create_sync_llm_manager"]
+
+T = TypeVar("T")
+
+
+class SyncLLMManager:
+    """Blocking version of :class:`LLMManager`; every method has the same meaning."""
+
+    def __init__(self, manager: LLMManager | None = None) -> None:
+        self.manager = manager if manager is not None else LLMManager()
+        self._runner = asyncio.Runner()
+        self._lock = threading.RLock()
+        self._closed = False
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise ConfigurationError("This SyncLLMManager is closed.")
+        with self._lock:
+            return self._runner.run(coro)
+
+    # -- provider -------------------------------------------------------------------------
+    def initialize(self) -> SyncLLMManager:
+        """Choose the provider (see :meth:`LLMManager.initialize`)."""
+        self._run(self.manager.initialize())
+        return self
+
+    @property
+    def provider_choice(self) -> ProviderChoice | None:
+        """The provider chosen, with the reason."""
+        return self.manager.provider_choice
+
+    @property
+    def current_provider(self) -> Provider:
+        """The active provider."""
+        return self.manager.current_provider
+
+    def get_available_providers(self) -> dict[str, ProviderStatus]:
+        """Status of every registered provider."""
+        return self._run(self.manager.get_available_providers())
+
+    def get_system_info(self) -> dict[str, str]:
+        """Facts about the active backend."""
+        return self._run(self.manager.get_system_info())
+
+    # -- models ---------------------------------------------------------------------------
+    def resolve_model(self, model: str | None) -> str:
+        """Which model a call with ``model`` would use."""
+        return self._run(self.manager.resolve_model(model))
+
+    def list_available_models(self) -> list[ModelInfo]:
+        """Models the provider can use or download."""
+        return self._run(self.manager.list_available_models())
+
+    def list_downloaded_models(self) -> list[ModelInfo]:
+        """Installed models."""
+        return self._run(self.manager.list_downloaded_models())
+
+    def get_model_info(self, model: str) -> ModelInfo:
+        """Details of one model."""
+        return self._run(self.manager.get_model_info(model))
+
+    def download_model(self, model: str, on_progress: ProgressCallback | None = None) -> DownloadStatus:
+        """Download a model, reporting progress; Ctrl-C cancels it."""
+        return self._run(self.manager.download_model(model, on_progress))
+
+    def delete_model(self, model: str) -> None:
+        """Delete an installed model."""
+        self._run(self.manager.delete_model(model))
+
+    def load_model(self, model: str) -> None:
+        """Load a model into memory."""
+        self._run(self.manager.load_model(model))
+
+    def unload_model(self, model: str) -> None:
+        """Unload a model from memory."""
+        self._run(self.manager.unload_model(model))
+
+    def is_model_loaded(self, model: str) -> bool:
+        """Whether a model is loaded."""
+        return self._run(self.manager.is_model_loaded(model))
+
+    def list_loaded_models(self) -> list[LoadedModel]:
+        """Models in memory."""
+        return self._run(self.manager.list_loaded_models())
+
+    # -- generation -----------------------------------------------------------------------
+    def generate(
+        self, model: str | None, prompt: str, options: GenerationOptions | None = None, **kw: Any
+    ) -> GenerationResult:
+        """Complete ``prompt``; returns text and statistics."""
+        return self._run(self.manager.generate(model, prompt, options, **kw))
+
+    def generate_text(
+        self, model: str | None, prompt: str, options: GenerationOptions | None = None, **kw: Any
+    ) -> str:
+        """The completion of ``prompt`` as a string."""
+        return self._run(self.manager.generate_text(model, prompt, options, **kw))
+
+    def generate_text_streaming(
+        self,
+        model: str | None,
+        prompt: str,
+        options: GenerationOptions | None,
+        callback: ChunkCallback,
+        **kw: Any,
+    ) -> GenerationResult:
+        """Stream to ``callback``; returning False from it stops generation."""
+        return self._run(self.manager.generate_text_streaming(model, prompt, options, callback, **kw))
+
+    def chat(
+        self, model: str | None, messages: Messages, options: GenerationOptions | None = None, **kw: Any
+    ) -> GenerationResult:
+        """Answer a conversation."""
+        return self._run(self.manager.chat(model, messages, options, **kw))
+
+    def stream(
+        self, model: str | None, prompt: str, options: GenerationOptions | None = None, **kw: Any
+    ) -> Iterator[GenerationChunk]:
+        """Iterate over the chunks of a completion; leaving the loop stops generation."""
+        return self._iterate(self.manager.stream(model, prompt, options, **kw))
+
+    def stream_chat(
+        self, model: str | None, messages: Messages, options: GenerationOptions | None = None, **kw: Any
+    ) -> Iterator[GenerationChunk]:
+        """Iterate over the chunks of a chat reply."""
+        return self._iterate(self.manager.stream_chat(model, messages, options, **kw))
+
+    def _iterate(self, agen: AsyncIterator[GenerationChunk]) -> Iterator[GenerationChunk]:
+        try:
+            while True:
+                try:
+                    chunk = self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+                yield chunk
+        finally:
+            if not self._closed:
+                self._run(agen.aclose())  # type: ignore[attr-defined]
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close connections and the private event loop."""
+        if self._closed:
+            return
+        try:
+            self._run(self.manager.aclose())
+        finally:
+            self._closed = True
+            self._runner.close()
+
+    def __enter__(self) -> SyncLLMManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def create_sync_llm_manager(
+    *,
+    provider: str | None = None,
+    model: str | None = None,
+    endpoint: str | None = None,
+    config: LLMConfig | None = None,
+) -> SyncLLMManager:
+    """Blocking counterpart of :func:`papin.llm.create_llm_manager` (same precedence rules)."""
+    return SyncLLMManager(
+        create_llm_manager(provider=provider, model=model, endpoint=endpoint, config=config)
+    )
