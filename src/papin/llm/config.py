@@ -194,7 +194,10 @@ class LLMConfig(BaseModel):
                 updates["provider_type"] = env["PAPIN_PROVIDER"]
             if env.get("PAPIN_MODEL"):
                 updates["default_model"] = env["PAPIN_MODEL"]
-            for var, key in (("PAPIN_AUTO_PULL", "auto_pull"), ("PAPIN_AUTO_DISCOVER", "auto_discover")):
+            for var, key in (
+                ("PAPIN_AUTO_PULL", "auto_pull"),
+                ("PAPIN_AUTO_DISCOVER", "auto_discover"),
+            ):
                 flag = _env_bool(var)
                 if flag is not None:
                     updates[key] = flag

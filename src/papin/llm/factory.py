@@ -100,7 +100,9 @@ class ProviderFactory:
         return target
 
     # -- creation -------------------------------------------------------------------------
-    def make_config(self, name: str, settings: ProviderConfig | dict[str, Any] | None) -> ProviderConfig:
+    def make_config(
+        self, name: str, settings: ProviderConfig | dict[str, Any] | None
+    ) -> ProviderConfig:
         """Validate ``settings`` with the provider's config class (clear error if invalid)."""
         cls = self.provider_class(name).config_class
         if isinstance(settings, cls):

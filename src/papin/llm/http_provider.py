@@ -76,7 +76,9 @@ class HttpProvider(Provider):
         """How error messages describe this backend; providers override the hints."""
         from papin.llm._http import ServiceInfo
 
-        return ServiceInfo(provider=self.name, display_name=self.display_name, base_url=self.endpoint)
+        return ServiceInfo(
+            provider=self.name, display_name=self.display_name, base_url=self.endpoint
+        )
 
     def request_headers(self) -> dict[str, str]:
         """Headers sent with every request (custom headers, then the API key)."""

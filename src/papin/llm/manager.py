@@ -176,7 +176,9 @@ class LLMManager:
         status = await provider.status()
         if not status.available:
             await provider.aclose()
-            raise ProviderUnavailableError(status.error or f"{name} is not available", provider=name)
+            raise ProviderUnavailableError(
+                status.error or f"{name} is not available", provider=name
+            )
         old, self._provider = self._provider, provider
         self._choice = ProviderChoice(name, "selected explicitly", status)
         if old is not None:
@@ -357,7 +359,9 @@ class LLMManager:
         """Complete ``prompt``; returns text and statistics."""
         name = await self.resolve_model(model)
         provider = await self._ensure()
-        return await provider.collect(name, self.stream(name, prompt, options, on_download=on_download))
+        return await provider.collect(
+            name, self.stream(name, prompt, options, on_download=on_download)
+        )
 
     async def generate_text(
         self,

@@ -98,7 +98,9 @@ class SyncLLMManager:
         """Details of one model."""
         return self._run(self.manager.get_model_info(model))
 
-    def download_model(self, model: str, on_progress: ProgressCallback | None = None) -> DownloadStatus:
+    def download_model(
+        self, model: str, on_progress: ProgressCallback | None = None
+    ) -> DownloadStatus:
         """Download a model, reporting progress; Ctrl-C cancels it."""
         return self._run(self.manager.download_model(model, on_progress))
 
@@ -144,10 +146,16 @@ class SyncLLMManager:
         **kw: Any,
     ) -> GenerationResult:
         """Stream to ``callback``; returning False from it stops generation."""
-        return self._run(self.manager.generate_text_streaming(model, prompt, options, callback, **kw))
+        return self._run(
+            self.manager.generate_text_streaming(model, prompt, options, callback, **kw)
+        )
 
     def chat(
-        self, model: str | None, messages: Messages, options: GenerationOptions | None = None, **kw: Any
+        self,
+        model: str | None,
+        messages: Messages,
+        options: GenerationOptions | None = None,
+        **kw: Any,
     ) -> GenerationResult:
         """Answer a conversation."""
         return self._run(self.manager.chat(model, messages, options, **kw))
@@ -159,7 +167,11 @@ class SyncLLMManager:
         return self._iterate(self.manager.stream(model, prompt, options, **kw))
 
     def stream_chat(
-        self, model: str | None, messages: Messages, options: GenerationOptions | None = None, **kw: Any
+        self,
+        model: str | None,
+        messages: Messages,
+        options: GenerationOptions | None = None,
+        **kw: Any,
     ) -> Iterator[GenerationChunk]:
         """Iterate over the chunks of a chat reply."""
         return self._iterate(self.manager.stream_chat(model, messages, options, **kw))
@@ -168,7 +180,7 @@ class SyncLLMManager:
         try:
             while True:
                 try:
-                    chunk = self._run(agen.__anext__())
+                    chunk = self._run(_next(agen))
                 except StopAsyncIteration:
                     return
                 yield chunk
@@ -192,6 +204,10 @@ class SyncLLMManager:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+async def _next(agen: AsyncIterator[GenerationChunk]) -> GenerationChunk:
+    return await anext(agen)
 
 
 def create_sync_llm_manager(

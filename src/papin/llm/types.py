@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 
-class ProviderType(str, enum.Enum):
+class ProviderType(enum.StrEnum):
     """The kinds of backend papin knows (the seed's ``ProviderType``).
 
     Values are the registry names used by the factory, the config file and the CLI.
@@ -40,11 +40,8 @@ class ProviderType(str, enum.Enum):
     VLLM = "vllm"
     LMSTUDIO = "lmstudio"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class Capability(str, enum.Enum):
+class Capability(enum.StrEnum):
     """Optional operations a provider may offer; calling a missing one raises
     :class:`~papin.llm.errors.UnsupportedOperationError`."""
 
@@ -58,9 +55,6 @@ class Capability(str, enum.Enum):
     UNLOAD = "unload"
     LIST_LOADED = "list_loaded"
     MODEL_INFO = "model_info"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]

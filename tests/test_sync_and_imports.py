@@ -1,0 +1,80 @@
+"""The synchronous facade, and the promise that ``import papin.llm`` stays light."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import papin.llm
+from papin.llm import ConfigurationError, LLMConfig, LLMManager, get_provider_factory
+from papin.llm.sync import SyncLLMManager
+from tests.fakes.memory import MemoryProvider
+
+
+@pytest.fixture
+def sync_manager() -> SyncLLMManager:
+    get_provider_factory().register_provider("memory", MemoryProvider)
+    cfg = LLMConfig(provider_type="memory", provider_config={"tokens": list("abcdef")})
+    return SyncLLMManager(LLMManager.with_config(cfg))
+
+
+def test_sync_facade_generates_and_streams(sync_manager: SyncLLMManager) -> None:
+    with sync_manager as llm:
+        llm.initialize()
+        assert llm.generate_text(None, "x") == "abcdef"
+        assert llm.generate(None, "x").finish_reason == "stop"
+        stop = llm.generate_text_streaming(None, "x", None, lambda c: c != "c")
+        assert stop.text == "abc" and stop.finish_reason == "cancelled"
+        assert [c.text for c in llm.stream(None, "x")][:3] == ["a", "b", "c"]
+        provider = llm.current_provider
+        assert isinstance(provider, MemoryProvider)
+        before = provider.produced
+        for chunk in llm.stream(None, "x"):  # leaving the loop early closes the stream
+            if chunk.text == "b":
+                break
+        assert provider.produced - before == 2
+        assert llm.chat(None, [{"role": "user", "content": "hi"}]).text == "abcdef"
+        assert [m.id for m in llm.list_downloaded_models()] == ["tiny:latest"]
+    assert provider.closed
+    with pytest.raises(ConfigurationError, match="closed"):
+        sync_manager.generate_text(None, "x")
+
+
+def test_lazy_exports_are_sorted_and_complete() -> None:
+    assert papin.llm.__all__ == sorted(papin.llm.__all__)
+    for name in papin.llm.__all__:
+        assert getattr(papin.llm, name) is not None
+    with pytest.raises(AttributeError):
+        papin.llm.does_not_exist  # noqa: B018
+
+
+def _run(code: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+
+
+def test_import_does_no_io_and_loads_no_backend() -> None:
+    out = _run(
+        "import sys, socket\n"
+        "def no_net(*a, **k): raise AssertionError('network at import')\n"
+        "socket.socket.connect = no_net\n"
+        "import papin.llm\n"
+        "from papin.llm import create_llm_manager, GenerationOptions, LLMConfig, LLMManager, ProviderType\n"
+        "from papin.llm.providers.ollama import OllamaConfig\n"
+        "m = create_llm_manager()\n"
+        "heavy = ('httpx', 'aiohttp', 'llama_cpp', 'starlette', 'uvicorn', 'rich')\n"
+        "bad = [x for x in heavy if x in sys.modules]\n"
+        "print(bad)\n"
+    )
+    assert out.strip() == "[]"
+
+
+def test_bare_import_is_minimal() -> None:
+    out = _run(
+        "import sys; import papin.llm\n"
+        "print(sorted(m for m in ('pydantic', 'asyncio', 'httpx') if m in sys.modules))"
+    )
+    assert out.strip() == "[]"
