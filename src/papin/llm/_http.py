@@ -192,6 +192,11 @@ def _classify(exc: BaseException) -> tuple[str, str]:
     return "other", str(cause) or type(cause).__name__
 
 
+#: OpenSSL errors meaning the server answered a TLS handshake with something else (plain HTTP).
+_NOT_TLS = ("wrong version number", "wrong_version_number", "record layer failure",
+            "packet length too long", "http request")
+
+
 @contextlib.contextmanager
 def map_transport_errors(service: ServiceInfo, *, model: str | None = None) -> Iterator[None]:
     """Translate httpx/aiohttp/OS transport exceptions into :class:`ProviderError`."""
@@ -217,6 +222,12 @@ def map_transport_errors(service: ServiceInfo, *, model: str | None = None) -> I
             raise ProviderTimeoutError(
                 f"Timed out connecting to {where}. Check that the address is right and reachable.",
                 phase="connect",
+                **kw,
+            ) from exc
+        if kind == "tls" and any(s in reason.lower() for s in _NOT_TLS):
+            raise ProviderUnavailableError(
+                f"{where} does not answer TLS (https) on that port ({reason}). If it serves "
+                "plain HTTP, use an http:// endpoint.",
                 **kw,
             ) from exc
         if kind == "tls":
@@ -258,8 +269,13 @@ class _PhaseClock:
         # The task can change between calls (the sync facade drives a stream chunk by chunk).
         self._task = asyncio.current_task()
         self._phase, self._limit, self._started = phase, limit, self._loop.time()
-        if self._handle is None:
-            self._handle = self._loop.call_at(self._started + limit, self._fire)
+        due = self._started + limit
+        # The timer is lazy (it re-arms itself when it fires early), but it must never fire
+        # late: a shorter phase after a longer one (idle after first_byte) re-arms it now.
+        if self._handle is None or self._handle.when() > due:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._handle = self._loop.call_at(due, self._fire)
         try:
             return await awaitable
         except asyncio.CancelledError:
@@ -471,15 +487,18 @@ class HttpTransport:
         *,
         json: Any = None,
         model: str | None = None,
+        headers: dict[str, str] | None = None,
+        on_response: Callable[[httpx.Response], None] | None = None,
     ) -> AsyncIterator[bytes]:
         """Yield the raw body chunks of a streamed answer.
 
         The first chunk must arrive within ``first_byte``, each later one within ``idle``.
         Closing the iterator (or cancelling the task) closes the connection, so the backend
-        sees the client go away and stops generating.
+        sees the client go away and stops generating. ``headers`` are added to this request;
+        ``on_response`` sees the (successful) response's status and headers before the body.
         """
         clock = _PhaseClock()
-        request = self.client.build_request(method, path, json=json)
+        request = self.client.build_request(method, path, json=json, headers=headers)
         response: httpx.Response | None = None
         try:
             with map_transport_errors(self.service, model=model):
@@ -506,6 +525,8 @@ class HttpTransport:
                         model=model,
                         status_code=response.status_code,
                     )
+                if on_response is not None:
+                    on_response(response)
                 iterator = response.aiter_raw().__aiter__()
                 phase, limit = "first_byte", self.timeouts.first_byte
                 while True:
@@ -522,3 +543,21 @@ class HttpTransport:
             if response is not None:
                 await response.aclose()
 
+    async def finish_stream(
+        self, stream: AsyncIterator[bytes], *, wait: float = 1.0, max_bytes: int = 64 * 1024
+    ) -> None:
+        """Read the rest of a stream whose last message has arrived (normally only the end of
+        the chunked body), so that the connection goes back to the pool instead of being
+        closed, and the iterators under it end normally. Bounded by ``wait`` seconds and
+        ``max_bytes``; past either, or on an error, it gives up (the caller then closes the
+        stream, and with it the connection). Never raises for those.
+        """
+        received = 0
+        try:
+            async with asyncio.timeout(wait):
+                async for data in stream:
+                    received += len(data)
+                    if received > max_bytes:
+                        return
+        except (TimeoutError, ProviderError):
+            pass

@@ -6,6 +6,7 @@ class to react (retry a :class:`RateLimitedError`, pull on :class:`ModelNotFound
 
     ProviderError                    base; .provider, .model, .status_code, .body, .retryable
     ├── ConfigurationError           invalid configuration or arguments
+    │   └── InvalidModelFileError    a model file is not a valid (or is a truncated) GGUF
     ├── ProviderUnavailableError     server not running / unreachable / connection lost
     │   └── ProviderTimeoutError     a connect, first-byte, idle or request timeout expired
     ├── ProviderAPIError             the backend answered with an error status or body
@@ -33,6 +34,7 @@ __all__ = [
     "ConfigurationError",
     "DownloadError",
     "GenerationError",
+    "InvalidModelFileError",
     "ModelNotFoundError",
     "ProtocolError",
     "ProviderAPIError",
@@ -94,6 +96,12 @@ class ConfigurationError(ProviderError, ValueError):
     """The configuration or an argument is invalid; the message says which and how to fix it."""
 
     kind = "configuration"
+
+
+class InvalidModelFileError(ConfigurationError):
+    """A model file is not a GGUF file, or is truncated or corrupt; the message names the file."""
+
+    kind = "invalid_model_file"
 
 
 class ProviderUnavailableError(ProviderError, ConnectionError):

@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "papin.providers"
 #: Built-in providers: name -> "module:Class", imported on first use.
 BUILTIN_PROVIDERS: dict[str, str] = {
     ProviderType.OLLAMA.value: "papin.llm.providers.ollama:OllamaProvider",
+    ProviderType.LLAMACPP.value: "papin.llm.providers.llamacpp:LlamaCppProvider",
 }
 
 
@@ -131,14 +132,15 @@ class ProviderFactory:
         settings = settings or {}
 
         async def probe(name: str) -> ProviderStatus:
+            # A broken third-party provider must not break the report on the others.
             try:
                 provider = self.create_provider(name, settings.get(name))
-            except ProviderError as exc:
-                return ProviderStatus(name, False, error=str(exc))
+            except Exception as exc:
+                return ProviderStatus(name, False, error=_describe(exc))
             try:
                 return await provider.status()
-            except ProviderError as exc:
-                return ProviderStatus(name, False, error=str(exc))
+            except Exception as exc:
+                return ProviderStatus(name, False, error=_describe(exc))
             finally:
                 await provider.aclose()
 
@@ -166,6 +168,12 @@ class ProviderFactory:
             raise ConfigurationError(f"Cannot make unknown provider {key!r} the default.")
         with self._lock:
             self._default = key
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ProviderError):
+        return str(exc)
+    return f"provider failed: {type(exc).__name__}: {exc}"
 
 
 _factory: ProviderFactory | None = None

@@ -42,7 +42,18 @@ from papin.llm.types import (
 __all__ = ["LLMManager", "ProviderChoice", "create_llm_manager"]
 
 #: Providers tried, in order, when none is configured or the configured one is down.
-AUTO_PROVIDER_ORDER: tuple[str, ...] = ("ollama",)
+AUTO_PROVIDER_ORDER: tuple[str, ...] = ("ollama", "llamacpp")
+
+
+def _reason(name: str, configured: str | None, status: ProviderStatus, tried: list[ProviderStatus]) -> str:
+    where = f" at {status.endpoint}" if status.endpoint and "://" in status.endpoint else ""
+    if name == configured:
+        return f"configured provider '{name}' is available{where}"
+    skipped = "; ".join(f"'{s.provider}' unavailable ({s.error})" for s in tried)
+    head = f"configured provider '{configured}'" if configured else "no provider configured"
+    if skipped:
+        return f"{head}; {skipped}; using '{name}'{where}"
+    return f"{head}; '{name}' is available{where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,17 +145,9 @@ class LLMManager:
             provider = self._create(name)
             status = await provider.status()
             if status.available:
-                where = f" at {status.endpoint}" if status.endpoint else ""
-                if name == configured:
-                    reason = f"configured provider '{name}' is available{where}"
-                elif configured:
-                    reason = (
-                        f"configured provider '{configured}' is unavailable "
-                        f"({tried[0].error}); using '{name}'{where} instead"
-                    )
-                else:
-                    reason = f"no provider configured; '{name}' answers{where}"
-                return ProviderChoice(name, reason, status, tuple(tried)), provider
+                return ProviderChoice(
+                    name, _reason(name, configured, status, tried), status, tuple(tried)
+                ), provider
             tried.append(status)
             await provider.aclose()
         details = "; ".join(f"{s.provider}: {s.error}" for s in tried)
@@ -176,9 +179,7 @@ class LLMManager:
         status = await provider.status()
         if not status.available:
             await provider.aclose()
-            raise ProviderUnavailableError(
-                status.error or f"{name} is not available", provider=name
-            )
+            raise ProviderUnavailableError(status.error or f"{name} is not available", provider=name)
         old, self._provider = self._provider, provider
         self._choice = ProviderChoice(name, "selected explicitly", status)
         if old is not None:
@@ -205,6 +206,9 @@ class LLMManager:
         installed = await provider.list_downloaded_models()
         if installed:
             return installed[0].id
+        default = provider.default_model_id()
+        if default:
+            return default
         raise ModelNotFoundError(
             f"No model given and {provider.display_name} has none installed. Pull one with "
             "'papin models pull NAME', or set a default with 'papin config set default_model NAME'.",
@@ -229,9 +233,7 @@ class LLMManager:
         """Details of one model."""
         return await (await self._ensure()).get_model_info(model)
 
-    async def download_model(
-        self, model: str, on_progress: ProgressCallback | None = None
-    ) -> DownloadStatus:
+    async def download_model(self, model: str, on_progress: ProgressCallback | None = None) -> DownloadStatus:
         """Download ``model`` and wait for it, reporting progress."""
         return await (await self._ensure()).download_model(model, on_progress)
 
@@ -274,10 +276,13 @@ class LLMManager:
     # -- generation -----------------------------------------------------------------------
     async def _auto_pulling(
         self,
-        model: str,
+        model_or_none: str | None,
         open_stream: Callable[[Provider, str], AsyncIterator[GenerationChunk]],
         on_download: ProgressCallback | None,
     ) -> AsyncIterator[GenerationChunk]:
+        # The generator behind stream() and stream_chat(), which return it as it is: one
+        # generator layer less for every chunk than wrapping it in another.
+        model = await self.resolve_model(model_or_none)
         provider = await self._ensure()
         stream = open_stream(provider, model)
         try:
@@ -287,11 +292,10 @@ class LLMManager:
                 return
             except ModelNotFoundError as exc:
                 await stream.aclose()  # type: ignore[attr-defined]
-                if not self.config.auto_pull or not provider.supports(Capability.DOWNLOAD):
-                    if not self.config.auto_pull and provider.supports(Capability.DOWNLOAD):
+                if not self.config.auto_pull or not provider.can_pull(model):
+                    if not self.config.auto_pull and provider.can_pull(model):
                         exc.message += (
-                            " (Automatic download is off: 'papin config set auto_pull true' "
-                            "turns it on.)"
+                            " (Automatic download is off: 'papin config set auto_pull true' turns it on.)"
                         )
                         exc.args = (exc.message,)
                     raise
@@ -307,7 +311,7 @@ class LLMManager:
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    async def stream(
+    def stream(
         self,
         model: str | None,
         prompt: str,
@@ -319,17 +323,9 @@ class LLMManager:
 
         Breaking out of the loop or cancelling the task closes the backend stream.
         """
-        name = await self.resolve_model(model)
-        stream = self._auto_pulling(
-            name, lambda p, m: p.stream_generate(m, prompt, options), on_download
-        )
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+        return self._auto_pulling(model, lambda p, m: p.stream_generate(m, prompt, options), on_download)
 
-    async def stream_chat(
+    def stream_chat(
         self,
         model: str | None,
         messages: Messages,
@@ -338,15 +334,7 @@ class LLMManager:
         on_download: ProgressCallback | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream a chat reply as :class:`GenerationChunk` objects."""
-        name = await self.resolve_model(model)
-        stream = self._auto_pulling(
-            name, lambda p, m: p.stream_chat(m, messages, options), on_download
-        )
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+        return self._auto_pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)
 
     async def generate(
         self,
@@ -359,9 +347,7 @@ class LLMManager:
         """Complete ``prompt``; returns text and statistics."""
         name = await self.resolve_model(model)
         provider = await self._ensure()
-        return await provider.collect(
-            name, self.stream(name, prompt, options, on_download=on_download)
-        )
+        return await provider.collect(name, self.stream(name, prompt, options, on_download=on_download))
 
     async def generate_text(
         self,

@@ -63,6 +63,13 @@ class ProgressMeter:
         )
         return self.status
 
+    def rebase(self, done: int) -> None:
+        """Measure speed from ``done`` bytes on (a resumed download: bytes already on disk
+        are not counted as transferred now)."""
+        self._last_time = self._clock()
+        self._last_bytes = done
+        self._speed = None
+
     def finish(self, status: str = "success") -> DownloadStatus:
         """Mark the download complete."""
         s = self.status

@@ -120,6 +120,14 @@ class Provider(ABC):
         """Whether this provider offers ``capability``."""
         return capability in self.capabilities
 
+    def default_model_id(self) -> str | None:
+        """A model this provider can use when none is configured or installed (or None)."""
+        return None
+
+    def can_pull(self, model: str) -> bool:
+        """Whether :meth:`pull_model` could fetch ``model`` (used for automatic downloads)."""
+        return self.supports(Capability.DOWNLOAD)
+
     def _unsupported(self, operation: str) -> UnsupportedOperationError:
         return UnsupportedOperationError(
             f"The {self.display_name} provider does not support {operation}.",

@@ -131,7 +131,7 @@ class OllamaProvider(HttpProvider):
             "DELETE", "/api/delete", json={"model": model}, model=model, allow_empty=True
         )
 
-    async def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:  # type: ignore[override]
+    async def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:
         """Pull ``model``, aggregating per-layer progress into one status stream."""
         aggregator = wire.PullAggregator()
         meter = ProgressMeter(model)
@@ -145,6 +145,7 @@ class OllamaProvider(HttpProvider):
                     status = self._pull_status(obj, model, aggregator, meter)
                     yield status
                     if status.complete:
+                        await self.transport.finish_stream(stream)  # keeps the connection
                         return
             for obj in decoder.close():
                 status = self._pull_status(obj, model, aggregator, meter)
@@ -229,26 +230,39 @@ class OllamaProvider(HttpProvider):
         started = time.perf_counter()
         ttft: float | None = None
         received = 0
+        messages = 0
         decoder = NdjsonDecoder(provider=self.name)
         stream = self.transport.stream("POST", path, json=body, model=model)
         try:
             async for data in stream:
                 for obj in decoder.feed(data):
+                    messages += 1
+                    if ttft is None and _has_text(obj):
+                        ttft = time.perf_counter() - started
                     chunk = self._chunk(obj, model, ttft, received)
-                    if chunk.text:
-                        received += len(chunk.text)
-                        if ttft is None:
-                            ttft = time.perf_counter() - started
+                    received += len(chunk.text)
                     yield chunk
                     if chunk.done:
+                        await self.transport.finish_stream(stream)  # keeps the connection
                         return
-            for obj in decoder.close():
+            for obj in decoder.close():  # a last message without a newline
+                messages += 1
+                if ttft is None and _has_text(obj):
+                    ttft = time.perf_counter() - started
                 chunk = self._chunk(obj, model, ttft, received)
+                received += len(chunk.text)
                 yield chunk
                 if chunk.done:
                     return
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
+        if not messages:
+            raise ProtocolError(
+                f"Ollama at {self.endpoint} answered {path} with an empty body instead of a "
+                "stream. Is the endpoint really Ollama, or is a proxy in the way?",
+                provider=self.name,
+                model=model,
+            )
         raise ProtocolError(
             f"Ollama's stream ended without its final message after {received} characters; "
             "the answer is incomplete (the server may have crashed or been stopped).",
@@ -269,3 +283,12 @@ class OllamaProvider(HttpProvider):
                 body=obj["error"],
             )
         return wire.parse_chunk(obj, time_to_first_token=ttft)
+
+
+def _has_text(obj: Any) -> bool:
+    """Whether a generate/chat message carries text (the first one times TTFT)."""
+    if not isinstance(obj, dict):
+        return False
+    message = obj.get("message")
+    text = obj.get("response") or (message.get("content") if isinstance(message, dict) else None)
+    return bool(text)

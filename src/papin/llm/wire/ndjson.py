@@ -16,6 +16,9 @@ __all__ = ["DEFAULT_MAX_LINE_BYTES", "NdjsonDecoder"]
 #: Same limit as Ollama's official Go client (8 MiB per line).
 DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024
 
+_decode_json = json.JSONDecoder().decode  # what json.loads(str) uses, minus its checks
+_BYTES_WS = " \t\n\r\x0b\x0c"  # what bytes.strip() removes
+
 
 class NdjsonDecoder:
     """Feed raw bytes, get parsed JSON objects back, one per complete line.
@@ -29,25 +32,34 @@ class NdjsonDecoder:
     []
     """
 
-    __slots__ = ("_buffer", "_max_line_bytes", "provider")
+    __slots__ = ("_max_line_bytes", "_pending", "_size", "provider")
 
     def __init__(
         self, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES, provider: str | None = None
     ) -> None:
-        self._buffer = b""
+        # Bytes of the unfinished line, kept as a list of pieces so that a long line arriving
+        # in many small chunks is joined once (not copied again with every chunk).
+        self._pending: list[bytes] = []
+        self._size = 0
         self._max_line_bytes = max_line_bytes
         self.provider = provider
 
     def feed(self, data: bytes) -> list[Any]:
         """Add bytes; return the objects of every line completed by them."""
-        buffer = self._buffer + data if self._buffer else data
-        if b"\n" not in buffer:
-            self._buffer = buffer
-            self._check_size()
+        if b"\n" not in data:
+            if data:
+                self._pending.append(data)
+                self._size += len(data)
+                self._check_size()
             return []
-        *lines, self._buffer = buffer.split(b"\n")
+        if self._pending:
+            self._pending.append(data)
+            data = b"".join(self._pending)
+        *lines, rest = data.split(b"\n")
+        self._pending = [rest] if rest else []
+        self._size = len(rest)
         self._check_size()
-        return [self._parse(line) for line in lines if line.strip()]
+        return self._parse_lines(lines)
 
     def close(self) -> list[Any]:
         """Signal the end of the stream and return a last line that had no newline.
@@ -55,7 +67,8 @@ class NdjsonDecoder:
         Raises:
             ProtocolError: the stream stopped in the middle of a message (truncated frame).
         """
-        rest, self._buffer = self._buffer, b""
+        rest = b"".join(self._pending)
+        self._pending, self._size = [], 0
         if not rest.strip():
             return []
         try:
@@ -68,14 +81,25 @@ class NdjsonDecoder:
             ) from None
 
     def _check_size(self) -> None:
-        if len(self._buffer) > self._max_line_bytes:
-            size = len(self._buffer)
-            self._buffer = b""
+        if self._size > self._max_line_bytes:
+            size = self._size
+            self._pending, self._size = [], 0
             raise ProtocolError(
                 f"A streamed message exceeded {self._max_line_bytes} bytes ({size} bytes "
                 "without a newline); refusing to buffer more.",
                 provider=self.provider,
             )
+
+    def _parse_lines(self, lines: list[bytes]) -> list[Any]:
+        # Fast path: decode the complete lines to text at once, then parse each as text
+        # (json.loads on bytes detects and decodes the encoding line by line: that costs
+        # more than the parsing of a short stream message). On any problem, the exact
+        # line-by-line path below gives the same objects or the same error.
+        try:
+            text = b"\n".join(lines).decode("utf-8")
+            return [_decode_json(line) for line in text.split("\n") if line.strip(_BYTES_WS)]
+        except ValueError:
+            return [self._parse(line) for line in lines if line.strip()]
 
     def _parse(self, line: bytes) -> Any:
         try:

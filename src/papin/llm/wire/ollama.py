@@ -6,7 +6,9 @@ provider (:mod:`papin.llm.providers.ollama`) only moves bytes.
 
 from __future__ import annotations
 
+import html
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -217,11 +219,31 @@ def parse_chunk(obj: Mapping[str, Any], *, time_to_first_token: float | None) ->
     return GenerationChunk(text=text or "", done=True, stats=stats)
 
 
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_HIDDEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _html_text(text: str) -> str:
+    """A one-line summary of an HTML error page: its title, else its visible text."""
+    match = _TITLE.search(text)
+    summary = match.group(1) if match else _TAG.sub(" ", _HIDDEN.sub(" ", text))
+    summary = html.unescape(" ".join(summary.split()))[:200]
+    return f"{summary} (an HTML page)" if summary else "an HTML page"
+
+
 def error_text(body: bytes, content_type: str | None = None) -> str:
-    """Extract the message of an Ollama error body (``{"error": "..."}``, or plain text)."""
+    """Extract the message of an Ollama error body.
+
+    ``{"error": "..."}`` gives its text; an HTML page (a proxy's error page) its title;
+    anything else the text itself (trimmed to 500 characters).
+    """
     text = body.decode("utf-8", "replace").strip()
     if not text:
         return ""
+    looks_html = text[:100].lower().startswith(("<!doctype html", "<html"))
+    if looks_html or (content_type is not None and "html" in content_type.lower()):
+        return _html_text(text)
     try:
         data = json.loads(text)
     except ValueError:
@@ -267,7 +289,9 @@ def parse_show(data: Mapping[str, Any], model: str, provider: str = "ollama") ->
     arch = info.get("general.architecture")
     ctx = info.get(f"{arch}.context_length") if arch else None
     base = _model_info({**data, "name": model}, provider)
-    metadata = {k: str(v) for k, v in info.items() if not isinstance(v, (list, dict))}
+    metadata = {
+        k: str(v) for k, v in info.items() if v is not None and not isinstance(v, (list, dict))
+    }
     if data.get("parameters"):
         metadata["parameters"] = str(data["parameters"])
     if data.get("template"):

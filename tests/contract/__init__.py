@@ -1,0 +1,1 @@
+"""Provider contract suite: every provider runs the same tests (see ``backends.py``)."""

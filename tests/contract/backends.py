@@ -1,0 +1,88 @@
+"""The backends the contract suite runs against, one factory per entry.
+
+To put a new provider under contract, write an async context manager that yields a ready
+:class:`ContractBackend` (start a fake server or find a real one; ``pytest.skip`` when it is
+not available) and add it to :data:`BACKENDS`. Every test in ``test_contract.py`` then runs
+against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+
+from papin.llm.provider import Provider
+from papin.llm.types import Capability
+
+__all__ = ["BACKENDS", "ContractBackend", "closed_port_url"]
+
+
+@dataclass(frozen=True, slots=True)
+class ContractBackend:
+    """A ready provider plus what the contract tests may expect of it.
+
+    Attributes:
+        name: Id of the entry in test names (``ollama-fake``).
+        provider: The provider, open and talking to a running backend.
+        model: A model the backend has, spelled as ``list_downloaded_models`` lists it.
+        capabilities: Exactly the capabilities the provider must declare.
+        unavailable: Makes a provider of the same kind configured for an endpoint where
+            nothing listens (the test closes it); ``None`` for a backend without an endpoint
+            (embedded llama.cpp).
+        deterministic: Greedy settings (temperature 0, fixed seed) give the same text
+            streamed and not streamed.
+        reports_length: A ``max_tokens`` cut is reported as ``finish_reason == "length"``.
+        validates_model: An unknown model name raises ``ModelNotFoundError`` (single-model
+            servers such as llama-server ignore the name).
+        prompt: A prompt whose answer is longer than ``max_tokens`` tokens.
+    """
+
+    name: str
+    provider: Provider
+    model: str
+    capabilities: frozenset[Capability]
+    unavailable: Callable[[], Provider] | None
+    deterministic: bool = True
+    reports_length: bool = True
+    validates_model: bool = True
+    prompt: str = "Count slowly from one to twenty, one number per line."
+
+
+def closed_port_url() -> str:
+    """``http://127.0.0.1:PORT`` for a port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.asynccontextmanager
+async def ollama_fake() -> AsyncIterator[ContractBackend]:
+    """The Ollama provider against the fake Ollama server."""
+    from papin.llm.providers.ollama import OllamaConfig, OllamaProvider
+    from tests.fakes.ollama import FakeOllama
+
+    limits = {"timeout_seconds": 5.0, "connect_timeout_seconds": 2.0,
+              "first_byte_timeout_seconds": 5.0, "idle_timeout_seconds": 2.0}
+
+    def unavailable() -> Provider:
+        return OllamaProvider(OllamaConfig(endpoint=closed_port_url(), **limits))
+
+    with FakeOllama(models=["llama3.2:latest"]) as fake:
+        fake.tokens = [f" {n}\n" for n in range(1, 21)]
+        async with OllamaProvider(OllamaConfig(endpoint=fake.url, **limits)) as provider:
+            yield ContractBackend(
+                name="ollama-fake",
+                provider=provider,
+                model="llama3.2:latest",
+                capabilities=frozenset(Capability),
+                unavailable=unavailable,
+            )
+
+
+#: Entry name -> factory. Add a provider here (e.g. "llamacpp-server-fake", "vllm-fake").
+BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[ContractBackend]]] = {
+    "ollama-fake": ollama_fake,
+}
