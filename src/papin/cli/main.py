@@ -130,7 +130,7 @@ def _check_provider(ctx: click.Context, param: click.Parameter, value: str | Non
     "--provider",
     metavar="NAME",
     callback=_check_provider,
-    help="Provider to use (e.g. 'ollama'); default: configured, else the first available.",
+    help="Provider to use ('ollama', 'llamacpp', ...); default: configured, else the first available.",
 )
 @click.option("--endpoint", metavar="URL", help="Server URL of the provider (e.g. :11434).")
 @click.option("--model", "-m", metavar="NAME", help="Default model for this command.")
@@ -149,7 +149,7 @@ def cli(
     model: str | None,
     debug: bool,
 ) -> None:
-    """papin: one interface to local LLMs (Ollama today, more providers later)."""
+    """papin: one interface to local LLMs (Ollama, embedded llama.cpp, ...)."""
     ctx.obj = CliState(provider=provider, endpoint=endpoint, model=model, debug=debug)
 
 

@@ -76,8 +76,31 @@ class LoadedLlama:
     busy: int = 0
     #: Size of the model file in bytes.
     size_bytes: int = 0
+    #: Token ids a text generation must never produce (multimodal placeholders).
+    banned_tokens: list[int] = field(default_factory=list)
     #: Tokens sampled on this model so far (diagnostics; tests count tokens after a stop).
     tokens_generated: int = 0
+
+
+#: Multimodal placeholder tokens (Gemma 3 and others): text-only generation never needs
+#: them, but base models emit them as noise such as "<start_of_image>".
+_PLACEHOLDERS = (
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+    "<start_of_audio>",
+    "<end_of_audio>",
+    "<audio_soft_token>",
+)
+
+
+def _placeholder_tokens(llama: Any) -> list[int]:
+    banned: list[int] = []
+    for text in _PLACEHOLDERS:
+        ids = llama.tokenize(text.encode(), add_bos=False, special=True)
+        if len(ids) == 1 and llama.detokenize(ids, special=True) == text.encode():
+            banned.append(ids[0])
+    return banned
 
 
 class LlamaPool:
@@ -119,6 +142,7 @@ class LlamaPool:
             llama = self._load(path, settings)
             entry = LoadedLlama(model_id, path, settings, llama, time.perf_counter() - started)
             entry.size_bytes = os.path.getsize(path)
+            entry.banned_tokens = _placeholder_tokens(llama)
             entry.busy = 1
             self._models[model_id] = entry
             return entry, entry.load_time
@@ -236,6 +260,8 @@ class GenerationJob:
             scores[:] = -float("inf")
             scores[self.entry.llama.token_eos()] = 0.0
             return scores
+        if self.entry.banned_tokens:
+            scores[self.entry.banned_tokens] = -float("inf")
         self.tokens_sampled += 1
         self.entry.tokens_generated += 1
         return scores
