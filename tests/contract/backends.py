@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from papin.llm.provider import Provider
 from papin.llm.types import Capability
 
-__all__ = ["BACKENDS", "ContractBackend", "closed_port_url"]
+__all__ = ["BACKENDS", "BackendFactory", "ContractBackend", "closed_port_url", "shared_models_dir"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +120,26 @@ async def llamacpp_embedded() -> AsyncIterator[ContractBackend]:
         )
 
 
-#: Entry name -> factory. Add a provider here (e.g. "llamacpp-server-fake", "vllm-fake").
-BACKENDS: dict[str, Callable[[], AbstractAsyncContextManager[ContractBackend]]] = {
+BackendFactory = Callable[[], AbstractAsyncContextManager[ContractBackend]]
+
+#: Entry name -> factory. Other providers add entries from their own module
+#: ``tests/contract/backend_<name>.py``, which defines ``ENTRIES: dict[str, BackendFactory]``.
+BACKENDS: dict[str, BackendFactory] = {
     "ollama-fake": ollama_fake,
     "llamacpp-embedded": llamacpp_embedded,
 }
+
+
+def _collect_entries() -> None:
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    folder = Path(__file__).parent
+    for info in sorted(pkgutil.iter_modules([str(folder)]), key=lambda m: m.name):
+        if info.name.startswith("backend_"):
+            module = importlib.import_module(f"tests.contract.{info.name}")
+            BACKENDS.update(module.ENTRIES)
+
+
+_collect_entries()

@@ -21,7 +21,7 @@ from papin.llm.provider import Provider
 from papin.llm.types import Capability, GenerationChunk
 from tests.contract.backends import ContractBackend
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(90)
 
 #: Capabilities whose operation has a generic fallback in ``Provider`` (model info comes
 #: from the model list), so a provider without them may answer instead of raising.

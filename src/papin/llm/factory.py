@@ -32,6 +32,11 @@ ENTRY_POINT_GROUP = "papin.providers"
 BUILTIN_PROVIDERS: dict[str, str] = {
     ProviderType.OLLAMA.value: "papin.llm.providers.ollama:OllamaProvider",
     ProviderType.LLAMACPP.value: "papin.llm.providers.llamacpp:LlamaCppProvider",
+    ProviderType.LLAMACPP_SERVER.value: "papin.llm.providers.llamacpp_server:LlamaCppServerProvider",
+    ProviderType.LOCALAI.value: "papin.llm.providers.localai:LocalAIProvider",
+    ProviderType.VLLM.value: "papin.llm.providers.vllm:VLLMProvider",
+    ProviderType.LMSTUDIO.value: "papin.llm.providers.lmstudio:LMStudioProvider",
+    ProviderType.OPENAI_COMPATIBLE.value: "papin.llm.providers.openai_compatible:OpenAICompatibleProvider",
 }
 
 

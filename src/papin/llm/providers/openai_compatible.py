@@ -1,0 +1,236 @@
+"""Any server that speaks OpenAI's ``/v1`` API (the seed's "Custom" provider), and the base
+class of llama-server, LocalAI, vLLM and LM Studio providers.
+
+Example::
+
+    from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
+
+    config = OpenAICompatibleConfig(endpoint="http://127.0.0.1:8000/v1", api_key="sk-local")
+    async with OpenAICompatibleProvider(config) as server:
+        print(await server.generate_text("my-model", "Once upon a time"))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from papin.llm.errors import GenerationError, ProtocolError, ProviderError
+from papin.llm.http_provider import HttpProvider, HttpProviderConfig
+from papin.llm.options import GenerationOptions
+from papin.llm.provider import Messages, ProviderConfig, as_messages
+from papin.llm.types import (
+    Capability,
+    FinishReason,
+    GenerationChunk,
+    GenerationStats,
+    ModelInfo,
+    ProviderStatus,
+    ProviderType,
+)
+from papin.llm.wire import openai as wire
+from papin.llm.wire.sse import SSEDecoder
+
+if TYPE_CHECKING:
+    import httpx
+
+    from papin.llm._http import ServiceInfo
+
+__all__ = ["OpenAICompatibleConfig", "OpenAICompatibleProvider"]
+
+
+class OpenAICompatibleConfig(HttpProviderConfig):
+    """Settings of an OpenAI-compatible server: ``endpoint`` with or without ``/v1``."""
+
+
+class OpenAICompatibleProvider(HttpProvider):
+    """Completion, chat and model listing over OpenAI's ``/v1`` API with SSE streaming.
+
+    Subclasses add each backend's health checks and model management.
+    """
+
+    provider_type: ClassVar[ProviderType] = ProviderType.OPENAI_COMPATIBLE
+    display_name: ClassVar[str] = "OpenAI-compatible server"
+    description: ClassVar[str] = "Any server that speaks OpenAI's /v1 API (custom endpoint)."
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.GENERATE,
+            Capability.CHAT,
+            Capability.STREAMING,
+            Capability.LIST_MODELS,
+            Capability.MODEL_INFO,
+        }
+    )
+    config_class: ClassVar[type[ProviderConfig]] = OpenAICompatibleConfig
+    #: Endpoint used when the configuration gives none (``""``: one must be configured).
+    default_endpoint: ClassVar[str] = ""
+    #: How to start the server, for "not running" messages.
+    start_hint: ClassVar[str] = "Start the server, or fix the endpoint in the configuration."
+
+    def __init__(
+        self, config: HttpProviderConfig | None = None, *, http_client: httpx.AsyncClient | None = None
+    ) -> None:
+        super().__init__(config, http_client=http_client)
+        self._root = wire.split_base_url(self.config.endpoint or self.default_endpoint)
+
+    @property
+    def endpoint(self) -> str:
+        """The server root (without ``/v1``)."""
+        return self._root
+
+    def service_info(self) -> ServiceInfo:
+        """Error-message hints for this backend."""
+        from papin.llm._http import ServiceInfo
+
+        return ServiceInfo(
+            provider=self.name,
+            display_name=self.display_name,
+            base_url=self.endpoint,
+            start_hint=self.start_hint,
+            auth_hint="Set api_key to the key the server expects.",
+            not_found_hint=self.model_hint,
+            error_text=wire.error_text,
+            is_model_missing=self.is_model_missing,
+        )
+
+    def model_hint(self, model: str) -> str:
+        """What to do about a missing model (shown after "Model 'x' is not available")."""
+        return "List the served models with 'papin models list'."
+
+    def is_model_missing(self, status: int, text: str) -> bool:
+        """Whether an error answer means the model does not exist on this server."""
+        from papin.llm._http import model_missing
+
+        return model_missing(status, text)
+
+    # -- status and models ----------------------------------------------------------------
+    async def status(self) -> ProviderStatus:
+        """Probe ``GET /v1/models``; never raises."""
+        try:
+            await self._probe()
+        except ProviderError as exc:
+            return ProviderStatus(self.name, False, endpoint=self.endpoint, error=str(exc))
+        return ProviderStatus(self.name, True, endpoint=self.endpoint, version=await self._version())
+
+    async def _probe(self) -> None:
+        timeout = min(self.config.timeout_seconds or 5.0, 5.0)
+        data = await self.transport.request_json("GET", "/v1/models", timeout=timeout)
+        if not isinstance(data, dict) or "data" not in data:
+            raise ProtocolError(
+                f"The server at {self.endpoint} answers /v1/models, but not with an OpenAI model list.",
+                provider=self.name,
+            )
+
+    async def _version(self) -> str | None:
+        return None
+
+    async def list_downloaded_models(self) -> list[ModelInfo]:
+        """The served models (``GET /v1/models``)."""
+        return wire.parse_models(await self.transport.request_json("GET", "/v1/models"), self.name)
+
+    # -- generation -----------------------------------------------------------------------
+    def stream_generate(
+        self, model: str, prompt: str, options: GenerationOptions | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream a completion from ``POST /v1/completions``."""
+        return self._sse("/v1/completions", wire.build_completion(model, prompt, options), model)
+
+    def stream_chat(
+        self, model: str, messages: Messages, options: GenerationOptions | None = None
+    ) -> AsyncIterator[GenerationChunk]:
+        """Stream a chat reply from ``POST /v1/chat/completions``."""
+        body = wire.build_chat(model, as_messages(messages), options)
+        return self._sse("/v1/chat/completions", body, model)
+
+    async def _sse(self, path: str, body: dict[str, Any], model: str) -> AsyncIterator[GenerationChunk]:
+        started = time.perf_counter()
+        first: float | None = None
+        received = 0
+        finish: FinishReason | None = None
+        prompt_tokens = completion_tokens = None
+        decoder = SSEDecoder(provider=self.name)
+        stream = self.transport.stream("POST", path, json=body, model=model)
+        done = False
+        try:
+            async for data in stream:
+                for event in decoder.feed(data):
+                    if event.data.startswith("[DONE]"):
+                        done = True
+                        break
+                    delta = self._event(event.data, model, received)
+                    if delta is None:
+                        continue
+                    if delta.text:
+                        received += len(delta.text)
+                        if first is None:
+                            first = time.perf_counter()
+                        yield GenerationChunk(delta.text)
+                    finish = delta.finish_reason or finish
+                    prompt_tokens = delta.prompt_tokens or prompt_tokens
+                    completion_tokens = delta.completion_tokens or completion_tokens
+                if done:
+                    await self.transport.finish_stream(stream)  # keeps the connection
+                    break
+            else:
+                for event in decoder.close():
+                    if event.data.startswith("[DONE]"):
+                        done = True
+                        continue
+                    delta = self._event(event.data, model, received)
+                    if delta is not None:
+                        if delta.text:
+                            received += len(delta.text)
+                            yield GenerationChunk(delta.text)
+                        finish = delta.finish_reason or finish
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        if not done and finish is None:
+            raise ProtocolError(
+                f"{self.display_name}'s stream ended without a finish reason or [DONE] after "
+                f"{received} characters; the answer is incomplete.",
+                provider=self.name,
+                model=model,
+            )
+        end = time.perf_counter()
+        tps = None
+        if completion_tokens and first is not None and end > first and completion_tokens > 1:
+            tps = (completion_tokens - 1) / (end - first)
+        yield GenerationChunk(
+            "",
+            done=True,
+            stats=GenerationStats(
+                finish_reason=finish or "stop",
+                prompt_tokens=prompt_tokens,
+                output_tokens=completion_tokens,
+                time_to_first_token=None if first is None else first - started,
+                tokens_per_second=tps,
+                total_time=end - started,
+            ),
+        )
+
+    def _event(self, data: str, model: str, received: int) -> wire.StreamDelta | None:
+        if not data.strip():
+            return None
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            raise ProtocolError(
+                f"{self.display_name} sent a malformed stream event (not JSON): {data[:120]!r}",
+                provider=self.name,
+                model=model,
+            ) from None
+        message = wire.stream_error(obj)
+        if message is not None:
+            where = f" after {received} characters" if received else ""
+            raise GenerationError(
+                f"{self.display_name} reported an error during generation{where}: {message}",
+                provider=self.name,
+                model=model,
+                status_code=200,
+                body=obj.get("error"),
+            )
+        if not isinstance(obj, dict):
+            raise ProtocolError(f"Unexpected stream event: {data[:120]!r}", provider=self.name, model=model)
+        return wire.parse_delta(obj)

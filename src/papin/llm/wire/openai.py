@@ -1,0 +1,231 @@
+"""OpenAI's ``/v1`` protocol as local servers speak it (llama-server, LocalAI, vLLM, LM Studio).
+
+Sans I/O: request bodies for ``/v1/chat/completions`` and ``/v1/completions``, parsing of
+responses, stream events and model lists, and the error envelopes of every backend.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from papin.llm.errors import ConfigurationError
+from papin.llm.options import GenerationOptions
+from papin.llm.types import ChatMessage, FinishReason, ModelInfo
+
+__all__ = [
+    "StreamDelta",
+    "build_chat",
+    "build_completion",
+    "error_text",
+    "finish_reason",
+    "parse_delta",
+    "parse_models",
+    "split_base_url",
+    "stream_error",
+]
+
+#: GenerationOptions field -> request key. ``top_k``, ``min_p`` and ``repeat_penalty`` are
+#: extensions that llama-server, vLLM and LocalAI accept (OpenAI itself ignores them).
+_FIELDS: dict[str, str] = {
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "repeat_penalty": "repeat_penalty",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "stop": "stop",
+    "seed": "seed",
+}
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def split_base_url(endpoint: str) -> str:
+    """The server root of an endpoint given with or without ``/v1``.
+
+    >>> split_base_url("http://127.0.0.1:8080/v1/")
+    'http://127.0.0.1:8080'
+    >>> split_base_url("https://gpu.example.com/openai/v1")
+    'https://gpu.example.com/openai'
+    >>> split_base_url("localhost:8000")
+    'http://localhost:8000'
+    """
+    value = endpoint.strip()
+    if not value:
+        raise ConfigurationError("No endpoint given: set the server URL, e.g. http://127.0.0.1:8000/v1.")
+    if "://" not in value:
+        value = "http://" + value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"Invalid endpoint {endpoint!r}: use http(s)://HOST[:PORT][/v1].")
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return urlunsplit((parts.scheme, parts.netloc, path, "", "")).rstrip("/")
+
+
+def _sampling(options: GenerationOptions | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    body: dict[str, Any] = {}
+    for field, key in _FIELDS.items():
+        value = getattr(options, field)
+        if value is not None:
+            body[key] = value
+    body.update(options.additional_params)
+    return body
+
+
+def build_chat(
+    model: str,
+    messages: Iterable[ChatMessage],
+    options: GenerationOptions | None = None,
+    *,
+    stream: bool = True,
+) -> dict[str, Any]:
+    """Body of ``POST /v1/chat/completions`` (usage requested at the end of a stream)."""
+    msgs = [{"role": m.role, "content": m.content} for m in messages]
+    if options is not None and options.system and not (msgs and msgs[0]["role"] == "system"):
+        msgs.insert(0, {"role": "system", "content": options.system})
+    body: dict[str, Any] = {"model": model, "messages": msgs, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    body.update(_sampling(options))
+    return body
+
+
+def build_completion(
+    model: str, prompt: str, options: GenerationOptions | None = None, *, stream: bool = True
+) -> dict[str, Any]:
+    """Body of ``POST /v1/completions``; ``options.system`` is put before the prompt."""
+    if options is not None and options.system:
+        prompt = f"{options.system}\n\n{prompt}"
+    body: dict[str, Any] = {"model": model, "prompt": prompt, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    body.update(_sampling(options))
+    return body
+
+
+def finish_reason(value: Any) -> FinishReason | None:
+    """Map a backend's ``finish_reason`` (``stop``, ``length``, ``eos``, ``tool_calls``...)."""
+    if value is None or value == "":
+        return None
+    return "length" if value == "length" else "stop"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """What one chunk (or a whole non-streamed answer) carries."""
+
+    text: str
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def parse_delta(obj: Mapping[str, Any]) -> StreamDelta:
+    """Read text, finish reason and usage from a chat or completion chunk or response.
+
+    Chunks with ``"choices": []`` (the usage trailer) are fine.
+    """
+    choices = obj.get("choices") or []
+    text = ""
+    reason: FinishReason | None = None
+    if choices and isinstance(choices[0], Mapping):
+        choice = choices[0]
+        if isinstance(choice.get("text"), str):
+            text = choice["text"]
+        else:
+            part = choice.get("delta") or choice.get("message") or {}
+            content = part.get("content") if isinstance(part, Mapping) else None
+            text = content if isinstance(content, str) else ""
+        reason = finish_reason(choice.get("finish_reason"))
+    usage = obj.get("usage")
+    prompt_tokens = completion_tokens = None
+    if isinstance(usage, Mapping):
+        prompt_tokens = usage.get("prompt_tokens")
+        completion_tokens = usage.get("completion_tokens")
+    return StreamDelta(text, reason, prompt_tokens, completion_tokens)
+
+
+def stream_error(obj: Any) -> str | None:
+    """The message of an error event inside a stream (``{"error": {...}}``), else ``None``."""
+    if not isinstance(obj, Mapping) or not obj.get("error"):
+        return None
+    err = obj["error"]
+    if isinstance(err, Mapping):
+        message = err.get("message")
+        return str(message) if isinstance(message, str) else "An error occurred during streaming"
+    return str(err)
+
+
+def error_text(body: bytes, content_type: str | None = None) -> str:
+    """The message of an error body, for every backend's envelope.
+
+    >>> error_text(b'{"error":{"message":"Invalid API Key","type":"authentication_error","code":401}}')
+    'Invalid API Key'
+    >>> error_text(b'{"error":"Unauthorized"}')
+    'Unauthorized'
+    >>> error_text(b'{"object":"error","message":"The model `x` does not exist.","type":"NotFoundError"}')
+    'The model `x` does not exist.'
+    >>> error_text(b'{"detail":"Not Found"}')
+    'Not Found'
+    >>> error_text(b'<html><head><title>502 Bad Gateway</title></head></html>', 'text/html')
+    '502 Bad Gateway (an HTML page)'
+    >>> error_text(b'upstream connect error')
+    'upstream connect error'
+    """
+    text = body.decode("utf-8", "replace").strip()
+    if not text:
+        return ""
+    if (content_type or "").startswith("text/html") or text.lower().startswith(("<!doctype", "<html")):
+        match = _HTML_TITLE.search(text)
+        title = " ".join(match[1].split()) if match else "an HTML page"
+        return f"{title} (an HTML page)" if match else title
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text[:500]
+    if isinstance(data, Mapping):
+        message = stream_error(data)
+        if message:
+            return message
+        for key in ("message", "detail", "msg"):
+            value = data.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return text[:500]
+
+
+def parse_models(data: Any, provider: str) -> list[ModelInfo]:
+    """Parse ``GET /v1/models`` (entries may have only ``id``; ``data`` may be null)."""
+    entries = data.get("data") if isinstance(data, Mapping) else None
+    models: list[ModelInfo] = []
+    for entry in entries or ():
+        if not isinstance(entry, Mapping) or not entry.get("id"):
+            continue
+        model_id = str(entry["id"])
+        ctx = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
+        metadata = {
+            key: str(entry[key])
+            for key in ("owned_by", "root", "parent", "created")
+            if entry.get(key) is not None
+        }
+        models.append(
+            ModelInfo(
+                id=model_id,
+                name=model_id,
+                provider=provider,
+                installed=True,
+                context_size=ctx if isinstance(ctx, int) else None,
+                metadata=metadata,
+            )
+        )
+    return models
