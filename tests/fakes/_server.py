@@ -111,6 +111,15 @@ class FakeServer:
             return json.dumps({"error": message}).encode() + b"\n"
         return bytes(fault.get("line", b"this is not json\n"))
 
+    def error_trailer(self, fault: Fault) -> bytes:
+        """Bytes written after an ``error_in_stream`` frame, before the stream ends
+        (``b""``: none; an SSE server may send ``data: [DONE]``)."""
+        return b""
+
+    def status_fault_body(self, status: int, message: str) -> Any:
+        """The default body of a ``status`` fault (a JSON-able object, str or bytes)."""
+        return {"error": message}
+
     # -- lifecycle ------------------------------------------------------------------------
     @property
     def url(self) -> str:
@@ -199,10 +208,15 @@ class FakeServer:
             original(handler, transport)
 
         server.connection_made = counting  # type: ignore[method-assign]
+        self._runner = runner
+        self.port = await self.open_site(runner)
+
+    async def open_site(self, runner: web.AppRunner) -> int:
+        """Start listening on 127.0.0.1 and return the port (a fake that must refuse
+        connections for a while, as vLLM does while it starts, overrides this)."""
         site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ssl)
         await site.start()
-        self._runner = runner
-        self.port = runner.addresses[0][1]
+        return int(runner.addresses[0][1])
 
     async def _shutdown(self) -> None:
         if self._stopping is not None:
@@ -224,7 +238,8 @@ class FakeServer:
         ``stall_mid_stream`` (``after``, ``seconds``), ``disconnect_mid_stream``
         (``after``, ``rst``), ``malformed_frame`` (``after``, ``line``), ``truncated_frame``
         (``after``, ``abort``), ``split_utf8`` (``text``), ``error_in_stream`` (``after``,
-        ``message``), ``no_done``, ``slow_drip`` (``seconds``).
+        ``message``), ``no_done`` (``frames``: how many trailing frames to drop, default
+        the end marker), ``slow_drip`` (``seconds``). Subclasses may read more parameters.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; known: {', '.join(sorted(FAULT_KINDS))}")
@@ -387,7 +402,8 @@ class FakeServer:
         body = fault.get("body")
         content_type = fault.get("content_type")
         if body is None:
-            body = {"error": fault.get("message", _STATUS_TEXT.get(status, f"fake error {status}"))}
+            message = fault.get("message", _STATUS_TEXT.get(status, f"fake error {status}"))
+            body = self.status_fault_body(status, message)
         if isinstance(body, dict | list):
             data = json.dumps(body, separators=(",", ":")).encode()
             content_type = content_type or "application/json"
@@ -487,8 +503,9 @@ class FakeServer:
         fault = self.fault_of(request)
         kind = fault.kind if fault is not None else None
         items = list(frames)
-        if kind == "no_done" and end_frames:
-            items = items[:-end_frames]
+        if kind == "no_done" and fault is not None:
+            drop = int(fault.get("frames", end_frames))  # how many trailing frames to drop
+            items = items[:-drop] if drop else items
         record = self._record(request, len(items), fault)
         after = int(fault.get("after", 2)) if fault is not None else -1
         drip = float(fault.get("seconds", 0.05)) if kind == "slow_drip" and fault else 0.0
@@ -551,6 +568,9 @@ class FakeServer:
         if kind == "error_in_stream":
             await response.write(self.fault_body("error", fault))
             record.sent += 1
+            trailer = self.error_trailer(fault)
+            if trailer:
+                await response.write(trailer)
             await response.write_eof()
             return True
         if kind == "malformed_frame":
