@@ -71,11 +71,17 @@ def model_missing(status: int, text: str) -> bool:
     True
     >>> model_missing(404, "404 page not found")
     False
+    >>> model_missing(404, "Not Found")  # FastAPI's (vLLM's) unknown route
+    False
     """
-    lowered = text.lower()
+    lowered = text.lower().strip().rstrip(".")
     return status == 404 and ("not found" in lowered or "does not exist" in lowered) and (
-        "page" not in lowered
+        "page" not in lowered and lowered not in _ROUTE_NOT_FOUND
     )
+
+
+#: Bodies of a 404 for an unknown route (no model named), not of a missing model.
+_ROUTE_NOT_FOUND = frozenset({"not found", "404 not found", "404: not found", "resource not found"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +136,7 @@ def error_for_response(
     content_type = headers.get("content-type")
     text = service.error_text(body, content_type) if body else ""
     where = f"{service.display_name} at {service.base_url}"
-    detail = f": {text}" if text else " (empty body)"
+    detail = f": {text.rstrip('.')}" if text else " (empty body)"
     kw: dict[str, Any] = {
         "provider": service.provider,
         "model": model,
@@ -381,13 +387,19 @@ class HttpTransport:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
         transport = AiohttpTransport(verify=self._ssl_context(), limits=limits)
         self._own_transport = transport
-        return httpx.AsyncClient(
+        client = httpx.AsyncClient(
             base_url=self.service.base_url,
             headers=self._headers,
             timeout=timeout,
             transport=transport,
             trust_env=False,
         )
+        # httpx's default "Connection: keep-alive" makes aiohttp reuse a connection that the
+        # server closes ("Connection: close", e.g. llama-server's router): the next POST then
+        # fails to write. Without the header aiohttp honours the server's choice.
+        if not any(key.lower() == "connection" for key in self._headers):
+            del client.headers["connection"]
+        return client
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send ``request``; the response body is left unread (streamed).
@@ -395,10 +407,10 @@ class HttpTransport:
         With the client papin created, the request goes to its aiohttp transport directly:
         ``AsyncClient.send`` adds only what papin does not use (cookie jar, redirects, auth
         flows, event hooks, an INFO log line, one more stream wrapper per chunk), and it
-        costs about a fifth of the CPU of a local request. A client given by the caller is
-        used through ``send`` as usual.
+        costs about a fifth of the CPU of a local request. A client given by the caller, or
+        one set to follow redirects (model downloads), is used through ``send`` as usual.
         """
-        if self._own_transport is not None:
+        if self._own_transport is not None and not self.client.follow_redirects:
             return await self._own_transport.handle_async_request(request)
         return await self.client.send(request, stream=True)
 
@@ -462,6 +474,8 @@ class HttpTransport:
                         body = await self._read_body(response, None)
                     finally:
                         await response.aclose()
+        except ProviderError:
+            raise  # a ProviderTimeoutError (connect) is a TimeoutError too: keep its phase
         except TimeoutError:
             text = _PHASE_TEXT["request"].format(limit=limit)
             raise ProviderTimeoutError(
@@ -569,6 +583,8 @@ class HttpTransport:
                         break
                     phase, limit = "idle", self.timeouts.idle
                     yield chunk
+        except ProviderError:
+            raise  # a ProviderTimeoutError (connect) is a TimeoutError too: keep its phase
         except TimeoutError:
             self._raise_timeout(clock, model)
         finally:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +214,8 @@ class LLMConfig(BaseModel):
         """Write the file atomically (readable by the user only: it may hold API keys)."""
         path = path or config_path()
         text = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        import tempfile  # only here: it imports shutil, bz2, lzma, random... (import time)
+
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=path.parent)

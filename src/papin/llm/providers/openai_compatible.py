@@ -148,48 +148,59 @@ class OpenAICompatibleProvider(HttpProvider):
         started = time.perf_counter()
         first: float | None = None
         received = 0
+        events = 0
         finish: FinishReason | None = None
         prompt_tokens = completion_tokens = None
+        content_type = ""
+
+        def seen(response: httpx.Response) -> None:
+            nonlocal content_type
+            content_type = response.headers.get("content-type", "")
+
         decoder = SSEDecoder(provider=self.name)
-        stream = self.transport.stream("POST", path, json=body, model=model)
+        stream = self.transport.stream("POST", path, json=body, model=model, on_response=seen)
         done = False
         try:
-            async for data in stream:
-                for event in decoder.feed(data):
-                    if event.data.startswith("[DONE]"):
+            ended = False
+            while not done and not ended:
+                try:
+                    data = await stream.__anext__()
+                except StopAsyncIteration:
+                    batch, ended = decoder.close(), True
+                else:
+                    batch = decoder.feed(data)
+                for event in batch:
+                    text = event.data
+                    if text.startswith("[DONE]"):
                         done = True
                         break
-                    delta = self._event(event.data, model, received)
+                    events += 1
+                    delta = self._event(text, model, received)
                     if delta is None:
                         continue
-                    if delta.text:
-                        received += len(delta.text)
+                    text, reason, prompt, completion = delta
+                    if text:
+                        received += len(text)
                         if first is None:
                             first = time.perf_counter()
-                        yield GenerationChunk(delta.text)
-                    finish = delta.finish_reason or finish
-                    prompt_tokens = delta.prompt_tokens or prompt_tokens
-                    completion_tokens = delta.completion_tokens or completion_tokens
-                if done:
-                    await self.transport.finish_stream(stream)  # keeps the connection
-                    break
-            else:
-                for event in decoder.close():
-                    if event.data.startswith("[DONE]"):
-                        done = True
-                        continue
-                    delta = self._event(event.data, model, received)
-                    if delta is not None:
-                        if delta.text:
-                            received += len(delta.text)
-                            yield GenerationChunk(delta.text)
-                        finish = delta.finish_reason or finish
+                        yield GenerationChunk(text)
+                    if reason is not None:
+                        finish = reason
+                    if prompt is not None:
+                        prompt_tokens = prompt
+                    if completion is not None:
+                        completion_tokens = completion
+            if done and not ended:
+                await self.transport.finish_stream(stream)  # keeps the connection
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         if not done and finish is None:
+            what = f"after {received} characters; the answer is incomplete"
+            if not events and not content_type.startswith("text/event-stream"):
+                what = (f"with no events (content type {content_type or 'none'!r}, not "
+                        "text/event-stream). Is the endpoint an OpenAI-compatible server?")
             raise ProtocolError(
-                f"{self.display_name}'s stream ended without a finish reason or [DONE] after "
-                f"{received} characters; the answer is incomplete.",
+                f"{self.display_name}'s stream ended without a finish reason or [DONE] {what}",
                 provider=self.name,
                 model=model,
             )
@@ -211,7 +222,7 @@ class OpenAICompatibleProvider(HttpProvider):
         )
 
     def _event(self, data: str, model: str, received: int) -> wire.StreamDelta | None:
-        if not data.strip():
+        if not data or data.isspace():
             return None
         try:
             obj = json.loads(data)
@@ -221,6 +232,8 @@ class OpenAICompatibleProvider(HttpProvider):
                 provider=self.name,
                 model=model,
             ) from None
+        if type(obj) is dict and "error" not in obj:  # the usual chunk
+            return wire.parse_delta(obj)
         message = wire.stream_error(obj)
         if message is not None:
             where = f" after {received} characters" if received else ""

@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from papin.llm.errors import ConfigurationError
@@ -43,6 +42,7 @@ _FIELDS: dict[str, str] = {
     "stop": "stop",
     "seed": "seed",
 }
+_ECHO = re.compile(r"code=\d{3}, message=(.+)", re.DOTALL)
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -114,15 +114,19 @@ def build_completion(
 
 
 def finish_reason(value: Any) -> FinishReason | None:
-    """Map a backend's ``finish_reason`` (``stop``, ``length``, ``eos``, ``tool_calls``...)."""
+    """Map a backend's ``finish_reason`` (``stop``, ``length``, ``eos``, ``tool_calls``...).
+
+    vLLM's ``abort`` (the engine dropped the request) is ``error``: the answer is incomplete.
+    """
     if value is None or value == "":
         return None
-    return "length" if value == "length" else "stop"
+    if value == "length":
+        return "length"
+    return "error" if value == "abort" else "stop"
 
 
-@dataclass(frozen=True, slots=True)
-class StreamDelta:
-    """What one chunk (or a whole non-streamed answer) carries."""
+class StreamDelta(NamedTuple):
+    """What one chunk (or a whole non-streamed answer) carries (a cheap named tuple)."""
 
     text: str
     finish_reason: FinishReason | None = None
@@ -135,24 +139,34 @@ def parse_delta(obj: Mapping[str, Any]) -> StreamDelta:
 
     Chunks with ``"choices": []`` (the usage trailer) are fine.
     """
-    choices = obj.get("choices") or []
+    choices = obj.get("choices")
     text = ""
     reason: FinishReason | None = None
-    if choices and isinstance(choices[0], Mapping):
+    if choices and isinstance(choices, list) and isinstance(choices[0], dict):
         choice = choices[0]
-        if isinstance(choice.get("text"), str):
-            text = choice["text"]
+        value = choice.get("text")
+        if isinstance(value, str):
+            text = value
         else:
-            part = choice.get("delta") or choice.get("message") or {}
-            content = part.get("content") if isinstance(part, Mapping) else None
-            text = content if isinstance(content, str) else ""
-        reason = finish_reason(choice.get("finish_reason"))
+            part = choice.get("delta") or choice.get("message")
+            content = part.get("content") if isinstance(part, dict) else None
+            if isinstance(content, str):
+                text = content
+        raw_reason = choice.get("finish_reason")
+        if raw_reason is not None:
+            reason = finish_reason(raw_reason)
     usage = obj.get("usage")
+    if usage is None:
+        return StreamDelta(text, reason)
     prompt_tokens = completion_tokens = None
-    if isinstance(usage, Mapping):
-        prompt_tokens = usage.get("prompt_tokens")
-        completion_tokens = usage.get("completion_tokens")
+    if isinstance(usage, dict):
+        prompt_tokens = _count(usage.get("prompt_tokens"))
+        completion_tokens = _count(usage.get("completion_tokens"))
     return StreamDelta(text, reason, prompt_tokens, completion_tokens)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def stream_error(obj: Any) -> str | None:
@@ -177,6 +191,8 @@ def error_text(body: bytes, content_type: str | None = None) -> str:
     'The model `x` does not exist.'
     >>> error_text(b'{"detail":"Not Found"}')
     'Not Found'
+    >>> error_text(b'{"error":{"code":400,"message":"code=400, message=failed parsing request body"}}')
+    'failed parsing request body'
     >>> error_text(b'<html><head><title>502 Bad Gateway</title></head></html>', 'text/html')
     '502 Bad Gateway (an HTML page)'
     >>> error_text(b'upstream connect error')
@@ -194,14 +210,25 @@ def error_text(body: bytes, content_type: str | None = None) -> str:
     except ValueError:
         return text[:500]
     if isinstance(data, Mapping):
-        message = stream_error(data)
-        if message:
-            return message
-        for key in ("message", "detail", "msg"):
-            value = data.get(key)
-            if isinstance(value, str) and value:
-                return value
+        err = data.get("error")
+        if isinstance(err, str) and err:
+            return _echo_message(err)
+        for holder in (err, data):
+            if not isinstance(holder, Mapping):
+                continue
+            for key in ("message", "detail", "msg"):
+                value = holder.get(key)
+                if isinstance(value, str) and value:
+                    return _echo_message(value)
+    elif isinstance(data, str) and data:
+        return data[:500]
     return text[:500]
+
+
+def _echo_message(message: str) -> str:
+    """Drop the ``code=400, message=`` prefix of LocalAI's echo errors."""
+    match = _ECHO.match(message)
+    return match[1] if match else message
 
 
 def parse_models(data: Any, provider: str) -> list[ModelInfo]:
@@ -212,7 +239,8 @@ def parse_models(data: Any, provider: str) -> list[ModelInfo]:
         if not isinstance(entry, Mapping) or not entry.get("id"):
             continue
         model_id = str(entry["id"])
-        ctx = entry.get("max_model_len") or (entry.get("meta") or {}).get("n_ctx_train")
+        meta = entry.get("meta")
+        ctx = entry.get("max_model_len") or (meta.get("n_ctx_train") if isinstance(meta, Mapping) else None)
         metadata = {
             key: str(entry[key])
             for key in ("owned_by", "root", "parent", "created")
