@@ -5,9 +5,10 @@ Importing this module does not import httpx: the transport is created on first u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+import os
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from papin.llm.provider import Provider, ProviderConfig
 
@@ -41,6 +42,18 @@ class HttpProviderConfig(ProviderConfig):
     ca_bundle: str | None = Field(None, description="Path of a CA bundle for TLS verification.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
     api_key: str | None = Field(None, description="Sent as 'Authorization: Bearer <key>'.")
+
+    #: Environment variable that supplies ``api_key`` when none is configured (the backend's
+    #: own, e.g. ``OLLAMA_API_KEY``). A comma-separated list (LocalAI's form) gives its first key.
+    api_key_env: ClassVar[str | None] = None
+
+    @model_validator(mode="after")
+    def _api_key_from_env(self) -> Self:
+        if self.api_key is None and self.api_key_env:
+            key = os.environ.get(self.api_key_env, "").split(",")[0].strip()
+            if key:
+                object.__setattr__(self, "api_key", key)
+        return self
 
     @field_validator("endpoint")
     @classmethod

@@ -42,12 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from papin.llm.errors import (
     GenerationError,
@@ -129,11 +128,7 @@ class LlamaCppServerConfig(OpenAICompatibleConfig):
     max_restarts: int = Field(3, ge=0, description="Restarts allowed within a minute.")
     stop_grace_seconds: float = Field(5.0, ge=0, description="SIGTERM -> SIGKILL delay.")
 
-    @model_validator(mode="after")
-    def _api_key_from_env(self) -> LlamaCppServerConfig:
-        if self.api_key is None and os.environ.get(API_KEY_ENV):
-            object.__setattr__(self, "api_key", os.environ[API_KEY_ENV])
-        return self
+    api_key_env: ClassVar[str | None] = API_KEY_ENV
 
 
 class LlamaCppServerProvider(OpenAICompatibleProvider):

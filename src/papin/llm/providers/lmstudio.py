@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from papin.llm.errors import (
     DownloadError,
@@ -101,11 +100,7 @@ class LMStudioConfig(OpenAICompatibleConfig):
         1.0, gt=0, description="How often a download's progress is polled."
     )
 
-    @model_validator(mode="after")
-    def _token_from_env(self) -> LMStudioConfig:
-        if self.api_key is None and os.environ.get(TOKEN_ENV):
-            object.__setattr__(self, "api_key", os.environ[TOKEN_ENV])
-        return self
+    api_key_env: ClassVar[str | None] = TOKEN_ENV
 
 
 class LMStudioProvider(OpenAICompatibleProvider):

@@ -28,13 +28,12 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import os
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from papin.llm.errors import (
     AuthenticationError,
@@ -123,13 +122,7 @@ class LocalAIConfig(OpenAICompatibleConfig):
         0.5, gt=0, description="How often a gallery job (download, delete) is polled."
     )
 
-    @model_validator(mode="after")
-    def _api_key_from_env(self) -> LocalAIConfig:
-        if self.api_key is None:
-            keys = [k.strip() for k in os.environ.get("LOCALAI_API_KEY", "").split(",")]
-            if keys and keys[0]:
-                object.__setattr__(self, "api_key", keys[0])
-        return self
+    api_key_env: ClassVar[str | None] = "LOCALAI_API_KEY"
 
 
 @dataclasses.dataclass(slots=True)

@@ -54,6 +54,8 @@ class OllamaConfig(HttpProviderConfig):
     ``http://127.0.0.1:11434``. ``api_key`` defaults to ``OLLAMA_API_KEY``.
     """
 
+    api_key_env: ClassVar[str | None] = "OLLAMA_API_KEY"
+
     keep_alive: float | str | None = Field(
         None, description="How long Ollama keeps a model loaded after a request ('5m', 300, -1)."
     )
@@ -67,8 +69,6 @@ class OllamaConfig(HttpProviderConfig):
             raise ValueError(str(exc)) from None
         if self.endpoint != resolved:
             object.__setattr__(self, "endpoint", resolved)
-        if self.api_key is None and os.environ.get("OLLAMA_API_KEY"):
-            object.__setattr__(self, "api_key", os.environ["OLLAMA_API_KEY"])
         return self
 
 

@@ -31,11 +31,10 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from papin.llm.errors import (
     ModelNotFoundError,
@@ -85,11 +84,7 @@ class VLLMConfig(OpenAICompatibleConfig):
         "load_model(name) (the server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True).",
     )
 
-    @model_validator(mode="after")
-    def _api_key_from_env(self) -> VLLMConfig:
-        if self.api_key is None and os.environ.get("VLLM_API_KEY"):
-            object.__setattr__(self, "api_key", os.environ["VLLM_API_KEY"])
-        return self
+    api_key_env: ClassVar[str | None] = "VLLM_API_KEY"
 
 
 def _vllm_body(body: dict[str, Any]) -> dict[str, Any]:
