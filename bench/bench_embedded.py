@@ -17,6 +17,7 @@ import json
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,23 +95,29 @@ async def main() -> None:
 
     llama_cpp = import_llama_cpp()
     model_path = str(provider.store.get(DEFAULT_MODEL_ID).path)  # type: ignore[attr-defined]
+    # Raw llama-cpp-python gets a long-lived thread of its own, as papin's pool has: llama.cpp's
+    # OpenMP team belongs to the calling thread, and two teams in one process on 2 cores slow
+    # whichever runs; the same thread for load and every run keeps the comparison fair.
+    raw_thread = ThreadPoolExecutor(max_workers=1)
     t = time.perf_counter()
-    raw = llama_cpp.Llama(
-        model_path=model_path,
-        n_ctx=settings.n_ctx,
-        n_threads=settings.n_threads,
-        n_batch=settings.n_batch,
-        n_gpu_layers=settings.n_gpu_layers,
-        chat_format=settings.chat_format,
-        verbose=False,
-    )
+    raw = raw_thread.submit(
+        lambda: llama_cpp.Llama(
+            model_path=model_path,
+            n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads,
+            n_batch=settings.n_batch,
+            n_gpu_layers=settings.n_gpu_layers,
+            chat_format=settings.chat_format,
+            verbose=False,
+        )
+    ).result()
     raw_load = time.perf_counter() - t
-    raw_run(raw, 8)  # warm-up
+    raw_thread.submit(raw_run, raw, 8).result()  # warm-up
     await papin_run(manager, DEFAULT_MODEL_ID, 8)
 
     raw_ttft, raw_tps, papin_ttft, papin_tps = [], [], [], []
     for _ in range(args.runs):  # interleaved
-        a, b, _n = raw_run(raw, args.tokens)
+        a, b, _n = raw_thread.submit(raw_run, raw, args.tokens).result()
         raw_ttft.append(a)
         raw_tps.append(b)
         c, d, _m, _l = await papin_run(manager, DEFAULT_MODEL_ID, args.tokens)

@@ -78,3 +78,7 @@ def test_bare_import_is_minimal() -> None:
         "print(sorted(m for m in ('pydantic', 'asyncio', 'httpx') if m in sys.modules))"
     )
     assert out.strip() == "[]"
+
+
+def test_all_matches_the_lazy_export_table() -> None:
+    assert sorted(papin.llm._EXPORTS) == papin.llm.__all__

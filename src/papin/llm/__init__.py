@@ -91,7 +91,44 @@ _EXPORTS: dict[str, str] = {
     "ProviderType": "types",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "AuthenticationError",
+    "CancelledError",
+    "Capability",
+    "ChatMessage",
+    "ConfigurationError",
+    "DownloadError",
+    "DownloadStatus",
+    "GenerationChunk",
+    "GenerationError",
+    "GenerationOptions",
+    "GenerationResult",
+    "GenerationStats",
+    "LLMConfig",
+    "LLMManager",
+    "LoadedModel",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ProtocolError",
+    "Provider",
+    "ProviderAPIError",
+    "ProviderChoice",
+    "ProviderConfig",
+    "ProviderError",
+    "ProviderFactory",
+    "ProviderStatus",
+    "ProviderTimeoutError",
+    "ProviderType",
+    "ProviderUnavailableError",
+    "RateLimitedError",
+    "SyncLLMManager",
+    "UnsupportedOperationError",
+    "config_path",
+    "create_llm_manager",
+    "create_sync_llm_manager",
+    "get_provider_factory",
+    "reset_provider_factory",
+]
 
 
 def __getattr__(name: str) -> Any:

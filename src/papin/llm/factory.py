@@ -12,7 +12,6 @@ packages add providers through the entry-point group ``papin.providers``::
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import threading
 from typing import Any
@@ -150,6 +149,8 @@ class ProviderFactory:
                 await provider.aclose()
 
         names = self.registered_providers()
+        import asyncio
+
         results = await asyncio.gather(*(probe(n) for n in names))
         return dict(zip(names, results, strict=True))
 

@@ -14,10 +14,9 @@ use, pulls a missing model when ``auto_pull`` is on, and exposes model managemen
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from papin.llm.config import LLMConfig
 from papin.llm.errors import (
@@ -38,6 +37,9 @@ from papin.llm.types import (
     ModelInfo,
     ProviderStatus,
 )
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["LLMManager", "ProviderChoice", "create_llm_manager"]
 
@@ -114,6 +116,8 @@ class LLMManager:
             ConfigurationError: the configuration is invalid.
         """
         if self._init_lock is None:
+            import asyncio  # lazily: importing papin.llm stays light
+
             self._init_lock = asyncio.Lock()
         async with self._init_lock:
             if self._provider is not None and self._choice is not None:

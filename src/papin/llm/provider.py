@@ -15,11 +15,11 @@ Optional operations are listed in ``capabilities``; the default implementations 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict
 
@@ -44,6 +44,9 @@ from papin.llm.types import (
     ProviderType,
 )
 
+if TYPE_CHECKING:
+    import asyncio
+
 __all__ = ["ChunkCallback", "Messages", "ProgressCallback", "Provider", "ProviderConfig"]
 
 #: Streaming callback: gets each text chunk, returns False to stop generation.
@@ -60,8 +63,14 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
 
 
+def _is_cancellation(exc: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(exc, asyncio.CancelledError)
+
+
 async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+    if inspect.isawaitable(value):
         return await value
     return value
 
@@ -212,16 +221,6 @@ class Provider(ABC):
                 self._download_status[model] = status
                 if on_progress is not None:
                     await _maybe_await(on_progress(status))
-        except asyncio.CancelledError:
-            self._download_status[model] = DownloadStatus(
-                model_id=model,
-                status="cancelled",
-                bytes_downloaded=last.bytes_downloaded,
-                total_bytes=last.total_bytes,
-                cancelled=True,
-                error="Download cancelled",
-            )
-            raise
         except ProviderError as exc:
             self._download_status[model] = DownloadStatus(
                 model_id=model,
@@ -229,6 +228,18 @@ class Provider(ABC):
                 bytes_downloaded=last.bytes_downloaded,
                 total_bytes=last.total_bytes,
                 error=str(exc),
+            )
+            raise
+        except BaseException as exc:
+            if not _is_cancellation(exc):
+                raise
+            self._download_status[model] = DownloadStatus(
+                model_id=model,
+                status="cancelled",
+                bytes_downloaded=last.bytes_downloaded,
+                total_bytes=last.total_bytes,
+                cancelled=True,
+                error="Download cancelled",
             )
             raise
         finally:
@@ -252,6 +263,8 @@ class Provider(ABC):
         if not self.supports(Capability.DOWNLOAD):
             raise self._unsupported("downloading models")
         self._download_status[model] = DownloadStatus(model_id=model)
+        import asyncio
+
         task = asyncio.get_running_loop().create_task(self.download_model(model))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._download_tasks[model] = task
@@ -261,6 +274,8 @@ class Provider(ABC):
         task = self._download_tasks.pop(model, None)
         if task is None or task.done():
             return
+        import asyncio
+
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, ProviderError):
             await task

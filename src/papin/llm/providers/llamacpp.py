@@ -77,6 +77,29 @@ ARCHITECTURE_CHAT_FORMATS: dict[str, str] = {
 _CTX_ERROR = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
 
 
+#: Multimodal placeholder tokens (Gemma 3 and others) that base models emit as noise in text
+#: generation; they are dropped from the output.
+_PLACEHOLDERS = (
+    "<start_of_image>",
+    "<end_of_image>",
+    "<image_soft_token>",
+    "<start_of_audio>",
+    "<end_of_audio>",
+    "<audio_soft_token>",
+)
+
+
+def _strip_placeholders(text: str) -> str:
+    """Drop multimodal placeholder tokens from generated text.
+
+    >>> _strip_placeholders("<start_of_image>A robot")
+    'A robot'
+    """
+    for marker in _PLACEHOLDERS:
+        text = text.replace(marker, "")
+    return text
+
+
 class PromptTruncatedWarning(UserWarning):
     """A prompt longer than the context was cut (only with ``truncate_prompt``)."""
 
@@ -282,7 +305,9 @@ class LlamaCppProvider(Provider):
     ) -> tuple[LoadedLlama, float | None]:
         settings = self._load_settings(stored, options)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(None, self.pool.acquire, stored.id, str(stored.path), settings)
+        future = loop.run_in_executor(
+            self.pool.executor, self.pool.acquire, stored.id, str(stored.path), settings
+        )
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
@@ -393,7 +418,7 @@ class LlamaCppProvider(Provider):
             else:
                 kw = self._sampling_kwargs(options, llama.create_completion)
                 producer = self._completion_producer(entry, completion_prompt or "", kw)
-            job = GenerationJob(produce=producer, entry=entry)
+            job = GenerationJob(produce=producer, entry=entry, max_tokens=kw.get("max_tokens"))
             async for chunk in self._run(entry, job, started, load_time):
                 yield chunk
         finally:
@@ -402,7 +427,7 @@ class LlamaCppProvider(Provider):
     def _completion_producer(
         self, entry: LoadedLlama, prompt: str, kw: dict[str, Any]
     ) -> Callable[[Any], Iterator[dict[str, Any]]]:
-        def produce(logits_processor: Any) -> Iterator[dict[str, Any]]:
+        def produce(stopping_criteria: Any) -> Iterator[dict[str, Any]]:
             llama = entry.llama
             tokens: list[int] = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
             n_ctx = entry.settings.n_ctx
@@ -419,23 +444,19 @@ class LlamaCppProvider(Provider):
                 )
                 prompt_input = tokens[-keep:]
             llama_cpp = import_llama_cpp()
-            processors = llama_cpp.LogitsProcessorList([logits_processor])
-            return iter(llama.create_completion(prompt_input, stream=True, logits_processor=processors, **kw))
+            criteria = llama_cpp.StoppingCriteriaList([stopping_criteria])
+            return iter(llama.create_completion(prompt_input, stream=True, stopping_criteria=criteria, **kw))
 
         return produce
 
     def _chat_producer(
         self, entry: LoadedLlama, messages: list[dict[str, Any]], kw: dict[str, Any]
     ) -> Callable[[Any], Iterator[dict[str, Any]]]:
-        def produce(logits_processor: Any) -> Iterator[dict[str, Any]]:
-            llama_cpp = import_llama_cpp()
-            processors = llama_cpp.LogitsProcessorList([logits_processor])
+        def produce(stopping_criteria: Any) -> Iterator[dict[str, Any]]:
+            # create_chat_completion takes no stopping criteria: the worker stops between
+            # chunks, which come one per token.
             try:
-                return iter(
-                    entry.llama.create_chat_completion(
-                        messages, stream=True, logits_processor=processors, **kw
-                    )
-                )
+                return iter(entry.llama.create_chat_completion(messages, stream=True, **kw))
             except ValueError as exc:
                 match = _CTX_ERROR.search(str(exc))
                 if match:
@@ -457,7 +478,7 @@ class LlamaCppProvider(Provider):
     ) -> AsyncIterator[GenerationChunk]:
         first: float | None = None
         finish: str | None = None
-        stream = run_in_worker(entry, job)
+        stream = run_in_worker(self.pool.executor, entry, job)
         try:
             async for raw in stream:
                 choice = (raw.get("choices") or [{}])[0]
@@ -465,6 +486,8 @@ class LlamaCppProvider(Provider):
                 if text is None:
                     text = (choice.get("delta") or {}).get("content") or ""
                 finish = choice.get("finish_reason") or finish
+                if "<" in text:
+                    text = _strip_placeholders(text)
                 if text:
                     if first is None:
                         first = time.perf_counter()
@@ -480,7 +503,11 @@ class LlamaCppProvider(Provider):
             await stream.aclose()  # type: ignore[attr-defined]
         end = time.perf_counter()
         gen_time = end - (first or end)
-        tokens = job.tokens_sampled
+        tokens = job.tokens_sampled or job.chunks
+        if finish == "length" and job.max_tokens:
+            tokens = min(tokens, job.max_tokens)
+        if job.prompt_tokens is None and entry.llama is not None:
+            job.prompt_tokens = max(0, entry.llama.n_tokens - tokens)  # chats: context minus output
         stats = GenerationStats(
             finish_reason="length" if finish == "length" else "stop",
             prompt_tokens=job.prompt_tokens,

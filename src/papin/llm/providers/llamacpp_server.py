@@ -632,4 +632,3 @@ class LlamaCppServerProvider(OpenAICompatibleProvider):
                 await self.manager.aclose()
         finally:
             await super().aclose()
-

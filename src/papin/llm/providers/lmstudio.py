@@ -309,9 +309,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
         data = await self._optional_get(by_id)
         message = wire.stream_error(data) or ""
         if data is None or "unexpected endpoint" in message.lower():
-            data = await self.transport.request_json(
-                "GET", "/api/v1/models/download/status", model=model
-            )
+            data = await self.transport.request_json("GET", "/api/v1/models/download/status", model=model)
         return data
 
     def _job_status(self, job: Any, model: str, meter: ProgressMeter) -> DownloadStatus:
@@ -319,8 +317,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
         if not isinstance(job, Mapping) or not isinstance(job.get("status"), str):
             message = wire.stream_error(job)
             raise ProtocolError(
-                f"Unexpected download status from LM Studio for '{model}': "
-                f"{message or repr(job)[:200]}",
+                f"Unexpected download status from LM Studio for '{model}': {message or repr(job)[:200]}",
                 provider=self.name,
                 model=model,
             )
@@ -388,7 +385,8 @@ class LMStudioProvider(OpenAICompatibleProvider):
             if not _valid(entry, api):
                 continue
             instances = [
-                str(i["id"]) for i in entry.get("loaded_instances") or ()
+                str(i["id"])
+                for i in entry.get("loaded_instances") or ()
                 if isinstance(i, Mapping) and i.get("id")
             ]
             if entry["key"] == model:

@@ -96,9 +96,7 @@ def error_text(body: bytes, content_type: str | None = None) -> str:
     'an HTML login page instead of an API answer (the API key is missing or wrong)'
     """
     text = body.decode("utf-8", "replace").strip()
-    is_html = (content_type or "").startswith("text/html") or text.lower().startswith(
-        ("<!doctype", "<html")
-    )
+    is_html = (content_type or "").startswith("text/html") or text.lower().startswith(("<!doctype", "<html"))
     if is_html and "login" in text.lower():
         return "an HTML login page instead of an API answer (the API key is missing or wrong)"
     if not is_html:
@@ -165,7 +163,7 @@ def _job_failed(job: Mapping[str, Any]) -> bool:
 def _job_reason(job: Mapping[str, Any]) -> str:
     message = str(job.get("message") or "").strip()
     if message.lower().startswith("error:"):
-        message = message[len("error:"):].strip()
+        message = message[len("error:") :].strip()
     error = job.get("error")
     if not message and isinstance(error, str):
         message = error
@@ -251,8 +249,7 @@ class LocalAIProvider(OpenAICompatibleProvider):
                     self.name,
                     False,
                     endpoint=self.endpoint,
-                    error=f"LocalAI at {self.endpoint} is still starting up ({starting}); "
-                    "retry in a moment.",
+                    error=f"LocalAI at {self.endpoint} is still starting up ({starting}); retry in a moment.",
                     details={"state": "loading", "reason": starting},
                 )
             version = await self._version()
@@ -467,9 +464,7 @@ class LocalAIProvider(OpenAICompatibleProvider):
                 model=model,
                 body=reason,
             )
-        raise DownloadError(
-            f"LocalAI could not {what} '{model}': {reason}", provider=self.name, model=model
-        )
+        raise DownloadError(f"LocalAI could not {what} '{model}': {reason}", provider=self.name, model=model)
 
     async def delete_model(self, model: str) -> None:
         """Delete an installed model (``POST /models/delete/<name>``, then wait for the job)."""
@@ -499,7 +494,10 @@ class LocalAIProvider(OpenAICompatibleProvider):
         """Load ``model`` now: ``POST /backend/load`` (v4.6+), else a one-token completion."""
         try:
             await self.transport.request(
-                "POST", "/backend/load", json={"model": model}, model=model,
+                "POST",
+                "/backend/load",
+                json={"model": model},
+                model=model,
                 timeout=self.config.first_byte_timeout_seconds,
             )
         except ProviderAPIError as exc:
@@ -509,7 +507,10 @@ class LocalAIProvider(OpenAICompatibleProvider):
                 body = wire.build_completion(model, "Hi", None, stream=False)
                 body["max_tokens"] = 1
                 await self.transport.request_json(
-                    "POST", "/v1/completions", json=body, model=model,
+                    "POST",
+                    "/v1/completions",
+                    json=body,
+                    model=model,
                     timeout=self.config.first_byte_timeout_seconds,
                 )
                 return

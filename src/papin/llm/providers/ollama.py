@@ -174,9 +174,7 @@ class OllamaProvider(HttpProvider):
             text = str(obj["error"])
             cls = ModelNotFoundError if "file does not exist" in text else DownloadError
             hint = " Check the model name on https://ollama.com/library." if cls is ModelNotFoundError else ""
-            raise cls(
-                f"Ollama could not pull '{model}': {text}.{hint}", provider=self.name, model=model
-            )
+            raise cls(f"Ollama could not pull '{model}': {text}.{hint}", provider=self.name, model=model)
         done, total, status = aggregator.feed(obj)
         if aggregator.success:
             return meter.finish(status)
@@ -195,7 +193,10 @@ class OllamaProvider(HttpProvider):
         """Load ``model`` (a generate request without a prompt)."""
         body = wire.build_load(model, keep_alive=self.config.keep_alive)
         await self.transport.request_json(
-            "POST", "/api/generate", json=body, model=model,
+            "POST",
+            "/api/generate",
+            json=body,
+            model=model,
             timeout=self.config.first_byte_timeout_seconds,
         )
 

@@ -197,8 +197,10 @@ class OpenAICompatibleProvider(HttpProvider):
         if not done and finish is None:
             what = f"after {received} characters; the answer is incomplete"
             if not events and not content_type.startswith("text/event-stream"):
-                what = (f"with no events (content type {content_type or 'none'!r}, not "
-                        "text/event-stream). Is the endpoint an OpenAI-compatible server?")
+                what = (
+                    f"with no events (content type {content_type or 'none'!r}, not "
+                    "text/event-stream). Is the endpoint an OpenAI-compatible server?"
+                )
             raise ProtocolError(
                 f"{self.display_name}'s stream ended without a finish reason or [DONE] {what}",
                 provider=self.name,

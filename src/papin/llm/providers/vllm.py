@@ -64,9 +64,7 @@ __all__ = ["DEFAULT_ENDPOINT", "VLLMConfig", "VLLMProvider"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 #: How to turn LoRA hot-loading on, for error messages.
-_LORA_HOW = (
-    "start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its environment and --enable-lora"
-)
+_LORA_HOW = "start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its environment and --enable-lora"
 #: papin's option name -> vLLM's request field (vLLM ignores unknown fields silently).
 _RENAMED = {"repeat_penalty": "repetition_penalty"}
 
@@ -181,9 +179,7 @@ class VLLMProvider(OpenAICompatibleProvider):
     async def _version(self) -> str | None:
         """The server version from ``GET /version`` (``None`` if it does not say)."""
         try:
-            data = await self.transport.request_json(
-                "GET", "/version", timeout=self._short_timeout()
-            )
+            data = await self.transport.request_json("GET", "/version", timeout=self._short_timeout())
         except ProviderError:
             return None
         version = data.get("version") if isinstance(data, dict) else None
@@ -267,7 +263,10 @@ class VLLMProvider(OpenAICompatibleProvider):
         body = {"lora_name": model, "lora_path": path, "load_inplace": load_inplace}
         try:
             await self.transport.request(
-                "POST", "/v1/load_lora_adapter", json=body, model=model,
+                "POST",
+                "/v1/load_lora_adapter",
+                json=body,
+                model=model,
                 timeout=self.config.first_byte_timeout_seconds,
             )
         except ProviderError as exc:
@@ -278,7 +277,10 @@ class VLLMProvider(OpenAICompatibleProvider):
                     f"vLLM at {self.endpoint} found no LoRA adapter '{model}' at {path!r}: "
                     f"{exc.body}. Check the path (a directory or Hugging Face id that the "
                     "server can read).",
-                    provider=self.name, model=model, status_code=exc.status_code, body=exc.body,
+                    provider=self.name,
+                    model=model,
+                    status_code=exc.status_code,
+                    body=exc.body,
                 ) from exc
             if exc.status_code == 400 and "already been loaded" in str(exc.body or ""):
                 return  # loaded already: nothing to do
@@ -313,7 +315,10 @@ class VLLMProvider(OpenAICompatibleProvider):
             raise ModelNotFoundError(
                 f"vLLM at {self.endpoint} has no LoRA adapter '{model}' loaded: {exc.body}. "
                 f"Loaded adapters and models: {', '.join(served) or 'none'}.",
-                provider=self.name, model=model, status_code=exc.status_code, body=exc.body,
+                provider=self.name,
+                model=model,
+                status_code=exc.status_code,
+                body=exc.body,
             ) from exc
 
     def _no_runtime_lora(self, action: str, model: str, exc: ProviderError) -> NoReturn:
@@ -371,8 +376,7 @@ class VLLMProvider(OpenAICompatibleProvider):
             and isinstance(data.get("tokens"), list)
         ):
             raise ProtocolError(
-                f"vLLM at {self.endpoint} answered /tokenize without a token count: "
-                f"{str(data)[:120]!r}",
+                f"vLLM at {self.endpoint} answered /tokenize without a token count: {str(data)[:120]!r}",
                 provider=self.name,
                 model=model,
             )
