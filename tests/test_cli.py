@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from papin.cli.main import cli
+from tests._signals import default_sigint
 from tests.fakes.ollama import FakeOllama
 
 MODEL = "llama3.2:latest"
@@ -78,6 +79,7 @@ class Proc:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env={**os.environ, **env},
+            preexec_fn=default_sigint,
         )
         self._out = bytearray()
         self._err = bytearray()

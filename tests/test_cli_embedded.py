@@ -29,6 +29,7 @@ import pytest
 
 from papin.cli._common import human_bytes
 from papin.llm.store_sources import DEFAULT_MODEL_ID
+from tests._signals import default_sigint
 from tests.ggufs import write_gguf
 
 pytestmark = pytest.mark.skipif(
@@ -64,6 +65,7 @@ class Papin:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
+            preexec_fn=default_sigint,
         )
         self.started = time.monotonic()
         self.chunks: list[tuple[float, bytes]] = []

@@ -41,6 +41,7 @@ from papin.llm.options import GenerationOptions
 from papin.llm.providers._llama_server_process import LlamaServerProcess, ServerSpec, find_llama_server
 from papin.llm.providers.llamacpp_server import LlamaCppServerConfig, LlamaCppServerProvider
 from papin.llm.store import DEFAULT_MODEL_ID
+from tests._signals import default_sigint
 from tests.contract.backend_llamacpp_server import LIMITS, require_binary, shared_models_dir, shared_provider
 
 GREEDY = GenerationOptions(temperature=0.0, seed=42, max_tokens=8)
@@ -401,7 +402,8 @@ def test_no_orphan_after_papin_dies(sig: signal.Signals) -> None:
             pass
     asyncio.run(install())  # the store has the default model
     proc = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, shared_models_dir()],
-                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)  # fmt: skip
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent,
+                            preexec_fn=default_sigint)  # fmt: skip
     try:
         assert proc.stdout is not None
         pid = int(proc.stdout.readline())
