@@ -528,6 +528,26 @@ def print_report(r: dict[str, Any]) -> None:
     print("\n".join(out), flush=True)
 
 
+def environment(load_start: Any) -> dict[str, Any]:
+    """Where and with what the benchmark ran (versions, machine, load)."""
+    import aiohttp
+    import httpx
+
+    import papin
+
+    return {
+        "papin_source": str(Path(papin.__file__).parent),
+        "git": git_describe(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_start": load_start,
+        "load_end": load_average(),
+        "httpx": httpx.__version__,
+        "aiohttp": aiohttp.__version__,
+    }
+
+
 def git_describe() -> str:
     try:
         out = subprocess.run(
@@ -616,22 +636,7 @@ def run(q: bool, only: set[str], json_path: Path, tmp: Path) -> int:
                 finally:
                     clients.close()
     result["memory"] = rss()
-    import aiohttp
-    import httpx
-
-    import papin
-
-    result["environment"] = {
-        "papin_source": str(Path(papin.__file__).parent),
-        "git": git_describe(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_start": load_start,
-        "load_end": load_average(),
-        "httpx": httpx.__version__,
-        "aiohttp": aiohttp.__version__,
-    }
+    result["environment"] = environment(load_start)
     result["elapsed_s"] = time.perf_counter() - started
     result["targets"] = verdicts(result)
     print_report(result)

@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from bench_ollama import (
     FakeServer,
     clean_env,
     concurrent,
-    git_describe,
+    environment,
     load_average,
     log,
     print_report,
@@ -212,22 +211,7 @@ def run(q: bool, only: set[str], json_path: Path, tmp: Path) -> int:
             finally:
                 clients.close()
     result["memory"] = rss()
-    import aiohttp
-    import httpx
-
-    import papin
-
-    result["environment"] = {
-        "papin_source": str(Path(papin.__file__).parent),
-        "git": git_describe(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "load_start": load_start,
-        "load_end": load_average(),
-        "httpx": httpx.__version__,
-        "aiohttp": aiohttp.__version__,
-    }
+    result["environment"] = environment(load_start)
     result["elapsed_s"] = time.perf_counter() - started
     result["targets"] = verdicts(result)
     print("\nOpenAI protocol: papin's OpenAICompatibleProvider (SSE from /v1/completions) vs raw "
