@@ -7,13 +7,11 @@ Failure modes are in ``test_openai_compatible_failures.py``.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import ssl
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +30,24 @@ from papin.llm.manager import LLMManager
 from papin.llm.options import GenerationOptions
 from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
 from tests.fakes.openai_server import DEFAULT_TOKENS, FakeOpenAIServer
-from tests.openai_helpers import CHAT, COMPLETIONS, FAST, MESSAGES, MODEL, TEXT, make_config, still_works
+from tests.openai_helpers import (  # noqa: F401  (fixtures)
+    CHAT,
+    COMPLETIONS,
+    FAST,
+    MESSAGES,
+    MODEL,
+    TEXT,
+    custom,
+    fake,
+    make_config,
+    still_works,
+)
 
 pytestmark = pytest.mark.timeout(20)
 
 
 Custom = OpenAICompatibleProvider
 Fake = FakeOpenAIServer
-
-
-@pytest.fixture
-def fake() -> Iterator[Fake]:
-    with FakeOpenAIServer(models=[MODEL, "other"]) as server:
-        yield server
-
-
-@pytest.fixture
-async def custom(fake: Fake) -> AsyncIterator[Custom]:
-    provider = OpenAICompatibleProvider(make_config(fake.url + "/v1"))
-    async with provider:
-        yield provider
 
 
 # -- endpoint, requests, answers -------------------------------------------------------------------
@@ -180,22 +176,6 @@ async def test_x_api_key_server(fake: Fake, monkeypatch: pytest.MonkeyPatch) -> 
     fake.api_key = "k"
     async with OpenAICompatibleProvider(make_config(fake.url, headers={"X-Api-Key": "k"})) as p:
         assert (await p.chat(MODEL, MESSAGES)).text == TEXT
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (``openssl`` CLI)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=30,
-    )
-    return cert, key
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -26,13 +25,15 @@ from papin.llm.errors import (
 from papin.llm.providers.openai_compatible import OpenAICompatibleProvider
 from papin.llm.wire.sse import SSEDecoder
 from tests.fakes.openai_server import DEFAULT_TOKENS, UTF8_TOKENS, FakeOpenAIServer, Frame
-from tests.openai_helpers import (
+from tests.openai_helpers import (  # noqa: F401  (fixtures)
     CHAT,
     COMPLETIONS,
     MESSAGES,
     MODEL,
     TEXT,
     closed_port_url,
+    custom,
+    fake,
     make_config,
     still_works,
 )
@@ -42,19 +43,6 @@ pytestmark = pytest.mark.timeout(20)
 
 Custom = OpenAICompatibleProvider
 Fake = FakeOpenAIServer
-
-
-@pytest.fixture
-def fake() -> Iterator[Fake]:
-    with FakeOpenAIServer(models=[MODEL, "other"]) as server:
-        yield server
-
-
-@pytest.fixture
-async def custom(fake: Fake) -> AsyncIterator[Custom]:
-    provider = OpenAICompatibleProvider(make_config(fake.url + "/v1"))
-    async with provider:
-        yield provider
 
 
 # -- connection failures ------------------------------------------------------------------------------

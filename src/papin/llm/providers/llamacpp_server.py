@@ -82,7 +82,6 @@ from papin.llm.wire.sse import SSEDecoder
 if TYPE_CHECKING:
     import httpx
 
-    from papin.llm._http import ServiceInfo
 
 __all__ = [
     "API_KEY_ENV",
@@ -189,12 +188,7 @@ class LlamaCppServerProvider(OpenAICompatibleProvider):
         """The store model a managed server serves when none is named."""
         return self.manager.default_model if self.manager is not None else None
 
-    def service_info(self) -> ServiceInfo:
-        """llama-server hints for error messages."""
-        return dataclasses.replace(
-            super().service_info(),
-            auth_hint=f"Set api_key (or {API_KEY_ENV}) to a key given to 'llama-server --api-key'.",
-        )
+    auth_hint: ClassVar[str] = f"Set api_key (or {API_KEY_ENV}) to a key given to 'llama-server --api-key'."
 
     def request_headers(self) -> dict[str, str]:
         """Headers of every request: ``Connection: close`` besides the key and custom headers.

@@ -61,7 +61,6 @@ from papin.llm.wire import openai as wire
 if TYPE_CHECKING:
     import httpx
 
-    from papin.llm._http import ServiceInfo
     from papin.llm.http_provider import HttpProviderConfig
 
 __all__ = ["DEFAULT_ENDPOINT", "TOKEN_ENV", "LMStudioConfig", "LMStudioProvider"]
@@ -128,13 +127,10 @@ class LMStudioProvider(OpenAICompatibleProvider):
         self._api: RestApi | None = None  # which REST API the server has, once known
 
     # -- messages -------------------------------------------------------------------------
-    def service_info(self) -> ServiceInfo:
-        """Error-message hints for LM Studio."""
-        return dataclasses.replace(
-            super().service_info(),
-            auth_hint=f"Set api_key (or {TOKEN_ENV}) to an LM Studio API token (Developer tab, "
-            "Server Settings, Manage Tokens).",
-        )
+    auth_hint: ClassVar[str] = (
+        f"Set api_key (or {TOKEN_ENV}) to an LM Studio API token (Developer tab, "
+        "Server Settings, Manage Tokens)."
+    )
 
     def model_hint(self, model: str) -> str:
         """What to do about a model LM Studio does not have."""

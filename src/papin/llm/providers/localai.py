@@ -51,12 +51,11 @@ from papin.llm.types import Capability, DownloadStatus, ModelInfo, ProviderStatu
 from papin.llm.wire import openai as wire
 
 if TYPE_CHECKING:
-    from papin.llm._http import ServiceInfo
+    pass
 
 __all__ = ["LocalAIConfig", "LocalAIProvider", "parse_size"]
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPE]?)(i?)B\s*$", re.IGNORECASE)
-_ECHO_PREFIX = re.compile(r"^code=\d+, message=")
 _URL_PREFIXES = ("github:", "http://", "https://", "huggingface://", "hf://", "oci://", "ollama://")
 #: How long a fresh job may be unknown to ``/models/jobs`` (older servers publish its status
 #: only once a worker picks it up).
@@ -96,16 +95,16 @@ def error_text(body: bytes, content_type: str | None = None) -> str:
     'an HTML login page instead of an API answer (the API key is missing or wrong)'
     """
     text = body.decode("utf-8", "replace").strip()
-    is_html = (content_type or "").startswith("text/html") or text.lower().startswith(("<!doctype", "<html"))
-    if is_html and "login" in text.lower():
+    html = wire.is_html(text, content_type)
+    if html and "login" in text.lower():
         return "an HTML login page instead of an API answer (the API key is missing or wrong)"
-    if not is_html:
+    if not html:
         with contextlib.suppress(ValueError):
             data = json.loads(text)
             if isinstance(data, Mapping) and data.get("status") and "error" not in data:
                 reason = data.get("reason")
                 return f"{data['status']}: {reason}" if reason else str(data["status"])
-    return _ECHO_PREFIX.sub("", wire.error_text(body, content_type))
+    return wire.error_text(body, content_type)  # also drops echo's "code=N, message=" prefix
 
 
 class LocalAIConfig(OpenAICompatibleConfig):
@@ -197,16 +196,14 @@ class LocalAIProvider(OpenAICompatibleProvider):
         "or set the endpoint to where it runs."
     )
 
-    def service_info(self) -> ServiceInfo:
-        """LocalAI's error texts and hints."""
-        return dataclasses.replace(
-            super().service_info(),
-            auth_hint=(
-                "Set api_key (or LOCALAI_API_KEY) to one of the keys the server was started "
-                "with (its LOCALAI_API_KEY / API_KEY)."
-            ),
-            error_text=error_text,
-        )
+    auth_hint: ClassVar[str] = (
+        "Set api_key (or LOCALAI_API_KEY) to one of the keys the server was started "
+        "with (its LOCALAI_API_KEY / API_KEY)."
+    )
+
+    def error_text(self, body: bytes, content_type: str | None) -> str:
+        """LocalAI's error shapes (see the module-level :func:`error_text`)."""
+        return error_text(body, content_type)
 
     def model_hint(self, model: str) -> str:
         """What to do about a missing model."""

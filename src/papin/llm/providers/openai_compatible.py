@@ -68,6 +68,8 @@ class OpenAICompatibleProvider(HttpProvider):
     default_endpoint: ClassVar[str] = ""
     #: How to start the server, for "not running" messages.
     start_hint: ClassVar[str] = "Start the server, or fix the endpoint in the configuration."
+    #: What to do about a rejected key, for 401/403 messages.
+    auth_hint: ClassVar[str] = "Set api_key to the key the server expects."
 
     def __init__(
         self, config: HttpProviderConfig | None = None, *, http_client: httpx.AsyncClient | None = None
@@ -89,11 +91,15 @@ class OpenAICompatibleProvider(HttpProvider):
             display_name=self.display_name,
             base_url=self.endpoint,
             start_hint=self.start_hint,
-            auth_hint="Set api_key to the key the server expects.",
+            auth_hint=self.auth_hint,
             not_found_hint=self.model_hint,
-            error_text=wire.error_text,
+            error_text=self.error_text,
             is_model_missing=self.is_model_missing,
         )
+
+    def error_text(self, body: bytes, content_type: str | None) -> str:
+        """The message of an error body (backends with odd shapes override it)."""
+        return wire.error_text(body, content_type)
 
     def model_hint(self, model: str) -> str:
         """What to do about a missing model (shown after "Model 'x' is not available")."""

@@ -58,7 +58,7 @@ from papin.llm.types import (
 from papin.llm.wire import openai as wire
 
 if TYPE_CHECKING:
-    from papin.llm._http import ServiceInfo
+    pass
 
 __all__ = ["DEFAULT_ENDPOINT", "VLLMConfig", "VLLMProvider"]
 
@@ -128,12 +128,7 @@ class VLLMProvider(OpenAICompatibleProvider):
         "or fix the endpoint."
     )
 
-    def service_info(self) -> ServiceInfo:
-        """vLLM-specific hints for error messages."""
-        return dataclasses.replace(
-            super().service_info(),
-            auth_hint="Set api_key (or VLLM_API_KEY) to a key given to 'vllm serve --api-key'.",
-        )
+    auth_hint: ClassVar[str] = "Set api_key (or VLLM_API_KEY) to a key given to 'vllm serve --api-key'."
 
     def model_hint(self, model: str) -> str:
         """What to do about a model the server does not serve."""

@@ -201,7 +201,7 @@ def error_text(body: bytes, content_type: str | None = None) -> str:
     text = body.decode("utf-8", "replace").strip()
     if not text:
         return ""
-    if (content_type or "").startswith("text/html") or text.lower().startswith(("<!doctype", "<html")):
+    if is_html(text, content_type):
         match = _HTML_TITLE.search(text)
         title = " ".join(match[1].split()) if match else "an HTML page"
         return f"{title} (an HTML page)" if match else title
@@ -223,6 +223,11 @@ def error_text(body: bytes, content_type: str | None = None) -> str:
     elif isinstance(data, str) and data:
         return data[:500]
     return text[:500]
+
+
+def is_html(text: str, content_type: str | None) -> bool:
+    """Whether an error body is an HTML page (a proxy's, or a login page) rather than JSON."""
+    return (content_type or "").startswith("text/html") or text.lower().startswith(("<!doctype", "<html"))
 
 
 def _echo_message(message: str) -> str:
