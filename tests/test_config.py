@@ -23,9 +23,7 @@ def test_defaults_match_the_seed() -> None:
 
 
 def test_seed_example_constructs() -> None:
-    ollama = OllamaConfig(
-        endpoint="http://localhost:11434", timeout_seconds=60, verify_ssl=True, headers={}
-    )
+    ollama = OllamaConfig(endpoint="http://localhost:11434", timeout_seconds=60, verify_ssl=True, headers={})
     cfg = LLMConfig(
         provider_type=ProviderType.OLLAMA,
         provider_config=ollama.model_dump(),
@@ -156,9 +154,7 @@ def test_ollama_config_endpoint_resolution(monkeypatch: pytest.MonkeyPatch) -> N
     assert OllamaConfig().endpoint == "http://127.0.0.1:11434"
     monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0:12345")
     assert OllamaConfig().endpoint == "http://127.0.0.1:12345"
-    assert OllamaConfig(endpoint="https://example.com/ollama/").endpoint == (
-        "https://example.com:443/ollama"
-    )
+    assert OllamaConfig(endpoint="https://example.com/ollama/").endpoint == ("https://example.com:443/ollama")
     monkeypatch.setenv("OLLAMA_API_KEY", "secret")
     assert OllamaConfig().api_key == "secret"
     assert OllamaConfig(api_key="mine").api_key == "mine"
@@ -171,3 +167,15 @@ def test_ollama_config_rejects_bad_values() -> None:
         OllamaConfig(endpoint="ftp://host")
     with pytest.raises(ValidationError, match="greater than 0"):
         OllamaConfig(timeout_seconds=0)
+
+
+def test_schema_2_sections_have_defaults_and_are_saved() -> None:
+    cfg = LLMConfig()
+    assert cfg.schema_version == 2
+    assert cfg.discovery.extra_endpoints == [] and cfg.discovery.model_dirs == []
+    assert cfg.discovery.cache_seconds == 10.0 and cfg.discovery.probe_timeout_seconds == 0.3
+    assert cfg.default_options is None
+    saved = json.loads(cfg.save().read_text())
+    assert saved["schema_version"] == 2 and saved["default_options"] is None
+    assert saved["discovery"]["cache_seconds"] == 10.0
+    assert LLMConfig.from_file() == cfg

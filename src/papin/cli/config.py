@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from papin.cli._common import CliState, echo_json, mask_secrets, pass_state
+from papin.cli._common import CliState, echo_json, human_bytes, mask_secrets, pass_state
 
 if TYPE_CHECKING:
     from papin.llm.config import LLMConfig
+    from papin.llm.migration import MigrationPlan, MigrationReport, MigrationState
 
 __all__ = ["config_group", "parse_value"]
 
@@ -68,9 +70,7 @@ def show(state: CliState, file_only: bool, as_json: bool) -> None:
     else:
         from papin.llm.manager import create_llm_manager
 
-        cfg = create_llm_manager(
-            provider=state.provider, endpoint=state.endpoint, model=state.model
-        ).config
+        cfg = create_llm_manager(provider=state.provider, endpoint=state.endpoint, model=state.model).config
     echo_json(mask_secrets(cfg.model_dump(mode="json")))
 
 
@@ -107,6 +107,142 @@ def path() -> None:
     from papin.llm.config import config_path
 
     click.echo(str(config_path()))
+
+
+@config_group.command("migrate")
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
+@click.option(
+    "--from",
+    "legacy_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    metavar="PATH",
+    help="Migrate this legacy configuration file (.json, .toml, .yaml) instead of searching.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace settings papin already has with the legacy values.")
+@click.option("--status", "show_status", is_flag=True, help="Show the state of the last migration.")
+@click.option("--opt-out", is_flag=True, help="Never migrate automatically at start.")
+def migrate(
+    dry_run: bool,
+    as_json: bool,
+    legacy_file: Path | None,
+    overwrite: bool,
+    show_status: bool,
+    opt_out: bool,
+) -> None:
+    """Migrate the legacy Papin (mcp-client) LLM configuration and model files.
+
+    Looks where the legacy app kept them, maps the settings onto papin's config file and
+    registers GGUF model files in the model store in place (nothing is copied, and legacy
+    files are never changed). A backup of the config file is written first; on any failure
+    everything is restored. Running it again changes nothing.
+
+    \b
+    Examples:
+      papin config migrate --dry-run
+      papin config migrate --from ~/old/llm_config.toml
+      papin config migrate --status
+      papin config migrate --opt-out
+    """
+    import papin.llm.migration as migration
+
+    if show_status or opt_out:
+        if opt_out:
+            migration.opt_out()
+            if not as_json:
+                click.echo(
+                    f"Automatic migration turned off (recorded in {migration.state_path()}); "
+                    "'papin config migrate' still migrates when asked."
+                )
+        state = migration.migration_status()
+        if as_json:
+            echo_json(
+                {"state_file": str(migration.state_path()), "state": state.to_dict() if state else None}
+            )
+        elif show_status:
+            _print_state(state)
+        return
+    detection = migration.detect_legacy(legacy_file=legacy_file)
+    if not detection.found:
+        if as_json:
+            echo_json({"status": "nothing_to_do", "summary": "No legacy configuration or model files found.",
+                       "legacy": detection.to_dict()})  # fmt: skip
+        else:
+            click.echo(
+                f"No legacy Papin configuration or model files found ({len(detection.searched)} places "
+                "searched; --json lists them)."
+            )
+        return
+    plan = migration.plan_migration(detection, overwrite=overwrite)
+    report = migration.run_migration(plan, dry_run=dry_run)
+    if as_json:
+        echo_json(mask_secrets(report.to_dict()))
+    else:
+        _print_report(plan, report)
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
+def _value(value: Any) -> str:
+    return json.dumps(mask_secrets({"v": value})["v"], ensure_ascii=False)
+
+
+def _print_report(plan: MigrationPlan, report: MigrationReport) -> None:
+    dry = report.status == "dry_run"
+    det = plan.detection
+    if det.config_source:
+        click.echo(f"Legacy configuration: {det.config_source} ({det.config_format})")
+    if plan.changes:
+        click.echo(
+            "Would change:" if dry else "Changed:" if report.status == "completed" else "Planned changes:"
+        )
+        for c in plan.changes:
+            click.echo(f"  {c.key}: {_value(c.old)} -> {_value(c.new)}  (from legacy {c.source})")
+    if plan.to_register:
+        head = (
+            "Would register"
+            if dry
+            else "Registered"
+            if report.status == "completed"
+            else "Planned to register"
+        )
+        click.echo(f"{head} in the model store {plan.store_root} (in place, not copied):")
+        for m in plan.to_register:
+            click.echo(f"  {m.model_id}: {m.path} ({human_bytes(m.size_bytes)})")
+    for m in plan.models:
+        if m.action == "already_registered":
+            click.echo(f"Already registered: {m.model_id}: {m.path}")
+    for c in plan.unchanged:
+        click.echo(f"Already set: {c.key} = {_value(c.new)}  (from legacy {c.source})")
+    if plan.skipped:
+        click.echo("Not migrated:")
+        for item in plan.skipped:
+            click.echo(f"  {item.item}: {item.reason}")
+    if report.status == "failed":
+        click.echo(f"Error: {report.summary()}", err=True)
+        return
+    click.echo(report.summary())
+    if dry and not plan.nothing_to_do:
+        click.echo("Nothing was written (dry run). Run 'papin config migrate' to apply.")
+
+
+def _print_state(state: MigrationState | None) -> None:
+    from papin.llm.migration import state_path
+
+    if state is None:
+        click.echo(f"No migration has run yet ({state_path()} does not exist).")
+        return
+    click.echo(f"Migration {state.status} at {state.timestamp} (state in {state_path()}).")
+    if state.legacy_source:
+        click.echo(f"Legacy configuration: {state.legacy_source}")
+    if state.config_changes:
+        click.echo(f"Settings changed: {', '.join(state.config_changes)}")
+    if state.models:
+        click.echo(f"Models registered: {', '.join(state.models)}")
+    if state.backup_path:
+        click.echo(f"Backup: {state.backup_path}")
+    if state.reason:
+        click.echo(f"Reason: {state.reason}")
 
 
 def _check_provider_settings(cfg: LLMConfig) -> None:

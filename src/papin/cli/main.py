@@ -17,6 +17,7 @@ from papin import __version__
 from papin.cli._common import INTERRUPTED_EXIT_CODE, CliState, one_line
 from papin.cli.chat import chat
 from papin.cli.config import config_group
+from papin.cli.doctor import doctor
 from papin.cli.generate import generate
 from papin.cli.models import models_group
 from papin.cli.providers import providers
@@ -158,6 +159,7 @@ cli.add_command(models_group)
 cli.add_command(generate)
 cli.add_command(chat)
 cli.add_command(config_group)
+cli.add_command(doctor)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

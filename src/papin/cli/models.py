@@ -21,6 +21,8 @@ from papin.cli._common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from papin.llm.fit import FitReport
+    from papin.llm.platform import HardwareInfo
     from papin.llm.types import DownloadStatus
 
 __all__ = ["models_group"]
@@ -193,3 +195,112 @@ def ps(state: CliState, as_json: bool) -> None:
         )
     get_console().print(table)
 
+
+@models_group.command("fit")
+@click.argument("models", nargs=-1, required=True, metavar="MODEL...")
+@click.option(
+    "--context",
+    "context",
+    type=click.IntRange(min=1),
+    help="Context size in tokens (default: trained, up to 8192).",
+)
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+def fit(models: tuple[str, ...], context: int | None, as_json: bool) -> None:
+    """Say whether MODEL fits this machine: on the GPU, partly offloaded, CPU only, or not.
+
+    MODEL is the path of a .gguf file or a model id in papin's model store. Several MODELs
+    (quantizations of one model) are compared and the best one that fits is named.
+    """
+    from pathlib import Path
+
+    from papin.llm._fit_models import find_model_info
+    from papin.llm.config import LLMConfig
+    from papin.llm.fit import assess_fit, best_fit
+    from papin.llm.platform import detect_hardware
+
+    models_dir = LLMConfig.load().settings_for("llamacpp").get("models_dir")
+    root = Path(str(models_dir)).expanduser() if models_dir else None
+    found = [find_model_info(m, models_dir=root) for m in models]
+    hardware = detect_hardware(include_llama=False)
+    if hardware.has_gpu:
+        hardware = detect_hardware()  # notes whether llama-cpp-python can use the GPU
+    infos = [info for _, info in found]
+    best = best_fit(infos, hardware, context_size=context) if len(infos) > 1 else None
+    reports = list(best.reports) if best else [assess_fit(infos[0], hardware, context_size=context)]
+    if as_json:
+        echo_json(
+            {
+                "hardware": _hardware_summary(hardware),
+                "models": [
+                    {"source": src, **r.to_dict()} for (src, _), r in zip(found, reports, strict=True)
+                ],
+                "best": None
+                if best is None
+                else {
+                    "source": found[best.index][0] if best.index is not None else None,
+                    "reason": best.reason,
+                },
+            }
+        )
+        return
+    console = get_console()
+    console.print(_hardware_line(hardware))
+    for (source, _), report in zip(found, reports, strict=True):
+        _print_fit(source, report, several=len(found) > 1)
+    if best is not None:
+        choice = found[best.index][0] if best.index is not None else None
+        click.echo(f"\nBest: {choice} ({best.reason})." if choice else f"\nNone fits: {best.reason}.")
+
+
+def _hardware_summary(hardware: HardwareInfo) -> dict[str, object]:
+    return {
+        "cpu": hardware.cpu.model,
+        "usable_cores": hardware.cpu.usable_cores,
+        "ram_available": hardware.memory.usable_available,
+        "ram_total": hardware.memory.usable_total,
+        "gpus": [
+            {"name": g.name, "memory_total": g.memory_total, "memory_free": g.memory_free}
+            for g in hardware.usable_gpus
+        ],
+        "vram_free": hardware.free_vram,
+    }
+
+
+def _hardware_line(hardware: HardwareInfo) -> str:
+    gpus = ", ".join(
+        f"{g.name} ({human_bytes(g.memory_free)} free of {human_bytes(g.memory_total)})"
+        for g in hardware.usable_gpus
+    )
+    memory = hardware.memory
+    ram = f"{human_bytes(memory.usable_available)} RAM available of {human_bytes(memory.usable_total)}"
+    return f"This machine: {hardware.cpu.model or 'CPU'}, {ram}; " + (
+        f"GPU: {gpus}" if gpus else "no usable GPU"
+    )
+
+
+def _print_fit(source: str, report: FitReport, *, several: bool) -> None:
+    verdicts = {
+        "gpu": "fits on the GPU",
+        "partial": "fits with partial offload",
+        "cpu": "fits on the CPU only",
+        "no_fit": "does not fit",
+    }
+    click.echo(f"\n{source}: {report.model}: {verdicts[report.verdict].upper()}")
+    click.echo(f"  {report.summary}")
+    table = _table("", "")
+    table.show_header = False
+    rows = [
+        ("weights", human_bytes(report.weights_bytes)),
+        ("KV cache", f"{human_bytes(report.kv_bytes)} at {report.context_size} tokens"),
+        ("compute buffer", human_bytes(report.compute_bytes)),
+        ("layers on GPU", f"{report.gpu_layers} of {report.layers}"),
+        ("needs in RAM", human_bytes(report.ram_bytes)),
+        ("needs in VRAM", human_bytes(report.gpu_bytes)),
+    ]
+    if report.missing_bytes:
+        rows.append(("missing", human_bytes(report.missing_bytes)))
+    for key, value in rows:
+        table.add_row("  " + key, value)
+    get_console().print(table)
+    for note in report.notes:
+        click.echo(f"  note: {note}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import json as jsonlib
 import ssl
 import time
@@ -334,6 +335,17 @@ _PHASE_TEXT = {
 }
 
 
+@functools.lru_cache(maxsize=8)
+def _shared_ssl_context(ca_bundle: str | None, verify: bool) -> ssl.SSLContext:
+    """One TLS context per (CA bundle, verify) setting, shared by every transport: loading the
+    system's certificates takes ~40 ms, which every provider paid again before."""
+    ctx = ssl.create_default_context(cafile=ca_bundle)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class HttpTransport:
     """Sends requests to one backend with phase timeouts and the error boundary applied."""
 
@@ -367,7 +379,7 @@ class HttpTransport:
 
     def _ssl_context(self) -> ssl.SSLContext:
         try:
-            ctx = ssl.create_default_context(cafile=self._ca_bundle)
+            return _shared_ssl_context(self._ca_bundle, self._verify_ssl)
         except (OSError, ssl.SSLError) as exc:
             from papin.llm.errors import ConfigurationError
 
@@ -375,10 +387,6 @@ class HttpTransport:
                 f"Cannot read the CA bundle {self._ca_bundle!r}: {exc}",
                 provider=self.service.provider,
             ) from exc
-        if not self._verify_ssl:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
 
     def _make_client(self) -> httpx.AsyncClient:
         from httpx_aiohttp import AiohttpTransport

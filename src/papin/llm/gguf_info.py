@@ -71,6 +71,13 @@ _SMALL_ARRAY = 65536
 class GGUFInfo:
     """What a GGUF header says about its model (no weights are read).
 
+    The tensor directory gives the memory plan: ``layer_bytes`` holds the size of each
+    repeating block's tensors (``blk.N.*``, in order), ``other_bytes`` everything else
+    (embeddings, output head, norms); ``output_bytes`` is what llama.cpp puts on the GPU with
+    the output layer (``output.weight`` and ``output_norm``, or a copy of ``token_embd`` when
+    the output is tied to it: ``output_tied``). ``vocab_size`` comes from ``token_embd``.
+    They are ``None`` in records written before papin read them.
+
     ``quantization`` is the file type name (``"Q4_K_M"``) from ``general.file_type``, or the
     dominant tensor type when the file does not say. ``parameter_count`` is the number of
     weights (the sum of all tensors' elements); ``size_label`` is ``general.size_label`` or a
@@ -92,16 +99,35 @@ class GGUFInfo:
     has_chat_template: bool = False
     chat_template: str | None = None
     file_size: int = 0
+    vocab_size: int | None = None
+    layer_bytes: tuple[int, ...] | None = None
+    output_bytes: int | None = None
+    other_bytes: int | None = None
+    output_tied: bool = False
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of all the weights: from the tensor directory, else the file size."""
+        if self.layer_bytes is not None and self.other_bytes is not None:
+            return sum(self.layer_bytes) + self.other_bytes
+        return self.file_size
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict (the inverse of :meth:`from_dict`)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.layer_bytes is not None:
+            out["layer_bytes"] = list(self.layer_bytes)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GGUFInfo:
-        """Build from :meth:`to_dict` output; unknown keys are ignored."""
+        """Build from :meth:`to_dict` output; unknown keys are ignored (records written before
+        a field existed give its default)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if isinstance(values.get("layer_bytes"), list):
+            values["layer_bytes"] = tuple(int(v) for v in values["layer_bytes"])
+        return cls(**values)
 
 
 def describe_non_gguf(head: bytes) -> str:
@@ -126,6 +152,53 @@ def describe_non_gguf(head: bytes) -> str:
     if head[8:9] == b"{":
         return "it looks like a safetensors file; llama.cpp needs GGUF (convert it first)"
     return f"it starts with {head[:8]!r} instead of 'GGUF'"
+
+
+class _TensorSizes:
+    """Sizes of tensors by role, gathered while the tensor directory is read."""
+
+    __slots__ = ("embedding", "layers", "other", "output", "output_norm", "seen", "vocab")
+
+    def __init__(self) -> None:
+        self.layers: dict[int, int] = {}
+        self.other = 0
+        self.embedding: int | None = None
+        self.output: int | None = None
+        self.output_norm = 0
+        self.vocab: int | None = None
+        self.seen = False
+
+    def add(self, name: bytes, nbytes: int, dims: list[int]) -> None:
+        self.seen = True
+        if name.startswith(b"blk."):
+            end = name.find(b".", 4)
+            index = name[4:end]
+            if end > 4 and index.isdigit():
+                number = int(index)
+                self.layers[number] = self.layers.get(number, 0) + nbytes
+                return
+        self.other += nbytes
+        if name == b"token_embd.weight":
+            self.embedding = nbytes
+            self.vocab = dims[1] if len(dims) >= 2 else None
+        elif name == b"output.weight":
+            self.output = nbytes
+        elif name.startswith(b"output_norm."):
+            self.output_norm += nbytes
+
+    def fields(self, block_count: int | None) -> dict[str, Any]:
+        if not self.seen:
+            return {}
+        count = max(block_count or 0, max(self.layers) + 1 if self.layers else 0)
+        tied = self.output is None and self.embedding is not None
+        head = self.output if self.output is not None else self.embedding or 0
+        return {
+            "vocab_size": self.vocab,
+            "layer_bytes": tuple(self.layers.get(i, 0) for i in range(count)),
+            "output_bytes": head + self.output_norm,
+            "other_bytes": self.other,
+            "output_tied": tied,
+        }
 
 
 class _Truncated(Exception):
@@ -171,6 +244,13 @@ class _Reader:
         start = self.pos
         self.pos += n
         return self.buf[start : self.pos].decode("utf-8", "replace")
+
+    def read_bytes(self) -> bytes:
+        n = self.read_u64()
+        self.need(n)
+        start = self.pos
+        self.pos += n
+        return bytes(self.buf[start : self.pos])
 
     def skip_string(self) -> None:
         n = self.read_u64()
@@ -259,7 +339,7 @@ def size_label(count: int) -> str:
     return str(count)
 
 
-def _parse(buf: mmap.mmap, size: int) -> GGUFInfo:
+def _parse(buf: mmap.mmap, size: int, file_size: int) -> GGUFInfo:
     version = struct.unpack_from("<I", buf, 4)[0]
     endian = "<"
     if version & 0xFFFF == 0 and version:  # written on a big-endian machine
@@ -292,14 +372,17 @@ def _parse(buf: mmap.mmap, size: int) -> GGUFInfo:
     n_params = 0
     data_needed = 0
     bytes_by_type: dict[int, int] = {}
+    tensors = _TensorSizes()
     for _ in range(n_tensors):
-        r.skip_string()
+        name = r.read_bytes()
         n_dims = r.read_u32()
         if n_dims > _MAX_DIMS:
             raise _Corrupt(f"a tensor has {n_dims} dimensions")
         elements = 1
+        dims = []
         for _ in range(n_dims):
-            elements *= r.read_u64()
+            dims.append(r.read_u64())
+            elements *= dims[-1]
         ttype = r.read_u32()
         offset = r.read_u64()
         n_params += elements
@@ -308,8 +391,9 @@ def _parse(buf: mmap.mmap, size: int) -> GGUFInfo:
         data_needed = max(data_needed, offset + nbytes)
         if n_dims >= 2:
             bytes_by_type[ttype] = bytes_by_type.get(ttype, 0) + nbytes
+        tensors.add(name, nbytes, dims)
     data_start = -(-r.pos // alignment) * alignment
-    if n_tensors and data_start + data_needed > size:
+    if n_tensors and data_start + data_needed > file_size:
         raise _Truncated
 
     arch = _str_value(meta.get("general.architecture"))
@@ -343,15 +427,20 @@ def _parse(buf: mmap.mmap, size: int) -> GGUFInfo:
         value_length=arch_int("attention.value_length"),
         has_chat_template=template is not None,
         chat_template=template,
-        file_size=size,
+        file_size=file_size,
+        **tensors.fields(arch_int("block_count")),
     )
 
 
-def read_gguf_info(path: Path | str, *, display_name: str | None = None) -> GGUFInfo:
+def read_gguf_info(
+    path: Path | str, *, display_name: str | None = None, total_size: int | None = None
+) -> GGUFInfo:
     """Read the metadata of the GGUF file at ``path`` without loading its weights.
 
     ``display_name`` replaces the path in error messages (the store validates a download's
-    temporary file but names its source).
+    temporary file but names its source). ``total_size`` is the size of the whole model when
+    ``path`` is only its first part (a model shipped in chunks, like the default model's
+    package): the header must lie in this part.
 
     Raises:
         InvalidModelFileError: the file cannot be read, is not GGUF, or is truncated or
@@ -370,7 +459,7 @@ def read_gguf_info(path: Path | str, *, display_name: str | None = None) -> GGUF
             if size < _HEADER_SIZE:
                 raise _Truncated
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-                return _parse(buf, size)
+                return _parse(buf, size, max(size, total_size or 0))
     except _Truncated:
         raise InvalidModelFileError(
             f"{name} is a truncated GGUF file ({size} bytes): it ends before the data its "

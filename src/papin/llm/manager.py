@@ -15,9 +15,9 @@ use, pulls a missing model when ``auto_pull`` is on, and exposes model managemen
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from papin.llm._choice import ProviderChoice, choose_provider
 from papin.llm.config import LLMConfig
 from papin.llm.errors import (
     ConfigurationError,
@@ -41,31 +41,20 @@ from papin.llm.types import (
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["LLMManager", "ProviderChoice", "create_llm_manager"]
+    from papin.llm.discovery import Discovery, DiscoveryResult
+    from papin.llm.migration import MigrationReport
+    from papin.llm.monitor import ChangeCallback, ModelChange, ModelMonitor, Snapshot
 
-#: Providers tried, in order, when none is configured or the configured one is down.
-AUTO_PROVIDER_ORDER: tuple[str, ...] = ("ollama", "llamacpp")
+__all__ = ["FALLBACK_PROVIDERS", "NO_DISCOVERY_ORDER", "LLMManager", "ProviderChoice", "create_llm_manager"]
 
-
-def _reason(name: str, configured: str | None, status: ProviderStatus, tried: list[ProviderStatus]) -> str:
-    where = f" at {status.endpoint}" if status.endpoint and "://" in status.endpoint else ""
-    if name == configured:
-        return f"configured provider '{name}' is available{where}"
-    skipped = "; ".join(f"'{s.provider}' unavailable ({s.error})" for s in tried)
-    head = f"configured provider '{configured}'" if configured else "no provider configured"
-    if skipped:
-        return f"{head}; {skipped}; using '{name}'{where}"
-    return f"{head}; '{name}' is available{where}"
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderChoice:
-    """Which provider the manager chose, and why."""
-
-    provider: str
-    reason: str
-    status: ProviderStatus
-    tried: tuple[ProviderStatus, ...] = ()
+#: In-process providers tried after the running servers that discovery finds (the order of
+#: everything is :func:`papin.llm.discovery.rank_providers`, papin's one preference rule).
+FALLBACK_PROVIDERS: tuple[str, ...] = ("llamacpp",)
+#: Providers tried, in order, when ``auto_discover`` is off and no provider is configured
+#: (each at its configured or default address; nothing else is probed).
+NO_DISCOVERY_ORDER: tuple[str, ...] = ("ollama", "llamacpp")
+#: The provider ``--endpoint``/``endpoint=`` applies to when none is named.
+DEFAULT_ENDPOINT_PROVIDER = "ollama"
 
 
 class LLMManager:
@@ -83,15 +72,30 @@ class LLMManager:
         *,
         factory: ProviderFactory | None = None,
         provider: Provider | None = None,
+        discovery: Discovery | None = None,
+        hardware: Any = None,
     ) -> None:
+        """``discovery`` replaces the process-wide :class:`~papin.llm.discovery.Discovery`
+        (tests point one at fake servers); ``hardware`` is a hardware report
+        (:func:`papin.llm.platform.detect_hardware`'s) used instead of detecting one."""
         self.config = config if config is not None else LLMConfig()
         self._factory = factory
         self._provider = provider
+        self._discovery = discovery
+        self._hardware = hardware
         self._choice: ProviderChoice | None = None
         self._current_model: str | None = None
         self._init_lock: asyncio.Lock | None = None
+        self._monitor: ModelMonitor | None = None
+        self._discovered: DiscoveryResult | None = None
+        self._model_view: Snapshot | None = None
         #: Default download-progress callback for automatic pulls (the CLI sets one).
         self.on_download: ProgressCallback | None = None
+        #: Start the model monitor in :meth:`initialize` when ``monitor_for_models`` is on
+        #: (one-shot programs such as the CLI turn this off).
+        self.monitor_on_initialize = True
+        #: What the automatic legacy migration did when this manager was created (or ``None``).
+        self.migration_report: MigrationReport | None = None
 
     @classmethod
     def with_config(cls, config: LLMConfig) -> LLMManager:
@@ -103,13 +107,32 @@ class LLMManager:
         """The provider factory in use (the process-wide one by default)."""
         return self._factory or get_provider_factory()
 
+    @property
+    def discovery(self) -> Discovery:
+        """The discovery in use: the one given, else the process-wide one with the settings of
+        the configuration's ``discovery`` section."""
+        if self._discovery is None:
+            from papin.llm.discovery import configured_discovery
+
+            self._discovery = configured_discovery(getattr(self.config, "discovery", None))
+        return self._discovery
+
     # -- provider selection ---------------------------------------------------------------
     async def initialize(self) -> LLMManager:
-        """Choose the provider.
+        """Choose the provider, and start the model monitor if ``monitor_for_models``.
 
-        1. The configured ``provider_type`` if its backend is available.
-        2. Otherwise, with ``auto_discover`` (or when nothing is configured), the first
-           available provider in :data:`AUTO_PROVIDER_ORDER`.
+        1. The configured ``provider_type`` if its backend is available (at its configured
+           address).
+        2. Otherwise, with ``auto_discover``: what discovery finds, in the order of
+           :func:`papin.llm.discovery.rank_providers` (a server of the configured kind found
+           elsewhere, then GPU-backed servers, other running servers, and the embedded
+           provider, with the hardware deciding between the embedded provider and servers
+           seen on the CPU); a server at a non-default address is used at that address.
+        3. With ``auto_discover`` off and nothing configured: Ollama at its configured or
+           default address, then the embedded provider (:data:`NO_DISCOVERY_ORDER`).
+
+        :attr:`provider_choice` records the choice, why, what was unavailable and what
+        discovery found.
 
         Raises:
             ProviderUnavailableError: no provider is available; the message lists why.
@@ -125,9 +148,13 @@ class LLMManager:
             if self._provider is not None:  # injected
                 status = await self._provider.status()
                 self._choice = ProviderChoice(self._provider.name, "given explicitly", status)
-                return self
-            self._choice, self._provider = await self._choose_provider()
-            self.factory.set_default_provider(self._choice.provider)
+            else:
+                self._choice, self._provider = await self._choose_provider()
+                self.factory.set_default_provider(self._choice.provider)
+                if self._choice.discovery is not None:
+                    self._discovered = self._choice.discovery
+            if self.config.monitor_for_models and self.monitor_on_initialize and self._monitor is None:
+                self.start_model_monitor()
         return self
 
     async def _ensure(self) -> Provider:
@@ -139,26 +166,102 @@ class LLMManager:
     def _create(self, name: str) -> Provider:
         return self.factory.create_provider(name, self.config.settings_for(name))
 
+    async def _hardware_report(self) -> Any:
+        if self._hardware is None:
+            import asyncio
+
+            from papin.llm._choice import _detect_hardware
+
+            self._hardware = await asyncio.to_thread(_detect_hardware)
+        return self._hardware
+
     async def _choose_provider(self) -> tuple[ProviderChoice, Provider]:
-        configured = self.config.provider_type
-        candidates: list[str] = [configured] if configured else []
-        if not configured or self.config.auto_discover:
-            candidates += [n for n in AUTO_PROVIDER_ORDER if n != configured]
-        tried: list[ProviderStatus] = []
-        for name in candidates:
-            provider = self._create(name)
-            status = await provider.status()
-            if status.available:
-                return ProviderChoice(
-                    name, _reason(name, configured, status, tried), status, tuple(tried)
-                ), provider
-            tried.append(status)
-            await provider.aclose()
-        details = "; ".join(f"{s.provider}: {s.error}" for s in tried)
-        raise ProviderUnavailableError(
-            f"No LLM provider is available. {details}",
-            provider=configured,
+        from papin.llm import manager as this  # the constants, read now (tests replace them)
+
+        return await choose_provider(
+            self.config,
+            self.factory,
+            discovery=lambda: self.discovery,
+            hardware=self._hardware_report,
+            fallbacks=this.FALLBACK_PROVIDERS,
+            no_discovery_order=this.NO_DISCOVERY_ORDER,
         )
+
+    # -- discovery and model monitoring -----------------------------------------------------
+    async def discover(
+        self, *, refresh: bool = False, files: bool = True, installed: bool = True
+    ) -> DiscoveryResult:
+        """What :attr:`discovery` finds on this machine (running servers; with ``files`` the
+        model files on disk; with ``installed`` executables and packages). Never raises."""
+        result = await self.discovery.discover(refresh=refresh, files=files, installed=installed)
+        self._discovered = result
+        return result
+
+    @property
+    def discovery_result(self) -> DiscoveryResult | None:
+        """The latest discovery result (from the choice, :meth:`discover` or the monitor)."""
+        return self._discovered
+
+    @property
+    def model_monitor(self) -> ModelMonitor | None:
+        """The model monitor, when started."""
+        return self._monitor
+
+    @property
+    def model_view(self) -> Snapshot | None:
+        """The models each source has, as the model monitor last saw them."""
+        return self._model_view
+
+    def start_model_monitor(self, **settings: Any) -> ModelMonitor:
+        """Start watching for models added and removed (the active provider, the discovered
+        servers, papin's model store, the model files on disk); needs a running event loop.
+
+        ``settings`` go to :class:`~papin.llm.monitor.ModelMonitor` (``min_interval``,
+        ``max_interval``, ``backoff``). Started by :meth:`initialize` when
+        ``monitor_for_models`` is on; a running monitor is returned as it is.
+        """
+        if self._monitor is not None and self._monitor.running:
+            return self._monitor
+        from pathlib import Path
+
+        from papin.llm.monitor import ModelMonitor, discovery_snapshot
+        from papin.llm.store import ModelStore
+
+        models_dir = self.config.settings_for("llamacpp").get("models_dir")
+        store = ModelStore(Path(models_dir) if isinstance(models_dir, str) and models_dir else None)
+
+        def seen(snapshot: Snapshot, changes: list[ModelChange]) -> None:
+            self._model_view = snapshot
+
+        def found(result: DiscoveryResult) -> None:
+            self._discovered = result
+
+        snapshot = discovery_snapshot(
+            self.discovery, store=store, provider=lambda: self._provider, on_result=found
+        )
+        monitor = ModelMonitor(snapshot, on_snapshot=seen, **settings)
+        self._monitor = monitor.start()
+        return monitor
+
+    async def stop_model_monitor(self) -> None:
+        """Stop the model monitor (its ``events()`` iterators end)."""
+        monitor, self._monitor = self._monitor, None
+        if monitor is not None:
+            await monitor.stop()
+
+    def subscribe_model_changes(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call ``callback(change)`` (plain or coroutine function) for each model added or
+        removed; returns a function that unsubscribes. Needs the monitor (started here)."""
+        return self._require_monitor().subscribe(callback)
+
+    def model_changes(self) -> AsyncIterator[ModelChange]:
+        """Model changes as an async iterator (``async for``); ends when monitoring stops."""
+        return self._require_monitor().events()
+
+    def _require_monitor(self) -> ModelMonitor:
+        if self._monitor is None:
+            return self.start_model_monitor()
+        return self._monitor
 
     @property
     def provider_choice(self) -> ProviderChoice | None:
@@ -327,6 +430,7 @@ class LLMManager:
 
         Breaking out of the loop or cancelling the task closes the backend stream.
         """
+        options = self.config.options_with_defaults(options)
         return self._auto_pulling(model, lambda p, m: p.stream_generate(m, prompt, options), on_download)
 
     def stream_chat(
@@ -338,6 +442,7 @@ class LLMManager:
         on_download: ProgressCallback | None = None,
     ) -> AsyncIterator[GenerationChunk]:
         """Stream a chat reply as :class:`GenerationChunk` objects."""
+        options = self.config.options_with_defaults(options)
         return self._auto_pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)
 
     async def generate(
@@ -404,7 +509,9 @@ class LLMManager:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Close the provider's connections and cancel background downloads."""
+        """Stop the model monitor, close the provider's connections and cancel background
+        downloads."""
+        await self.stop_model_monitor()
         provider, self._provider = self._provider, None
         self._choice = None
         if provider is not None:
@@ -428,7 +535,16 @@ def create_llm_manager(
 
     Precedence: these arguments > environment variables > config file > defaults.
     Nothing is contacted until :meth:`LLMManager.initialize`.
+
+    Without ``config``, a legacy Papin configuration is migrated first, once
+    (:func:`papin.llm.migration.maybe_auto_migrate`: skipped after a completed migration or
+    an opt-out; never raises); the report is kept in :attr:`LLMManager.migration_report`.
     """
+    report = None
+    if config is None:
+        from papin.llm.migration import maybe_auto_migrate
+
+        report = maybe_auto_migrate()
     cfg = config if config is not None else LLMConfig.load()
     if provider:
         try:
@@ -438,8 +554,10 @@ def create_llm_manager(
     if model:
         cfg = cfg.model_copy(update={"default_model": model})
     if endpoint:
-        target = cfg.provider_type or AUTO_PROVIDER_ORDER[0]
+        target = cfg.provider_type or DEFAULT_ENDPOINT_PROVIDER
         if cfg.provider_type is None:
             cfg = cfg.set_value("provider_type", target)
         cfg = cfg.with_provider_settings(target, endpoint=endpoint)
-    return LLMManager(cfg)
+    manager = LLMManager(cfg)
+    manager.migration_report = report
+    return manager

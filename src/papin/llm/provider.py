@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from papin.llm.errors import (
     CancelledError,
@@ -58,9 +58,16 @@ Messages = Sequence["ChatMessage | dict[str, Any]"]
 
 
 class ProviderConfig(BaseModel):
-    """Base class of every provider's typed configuration."""
+    """Base class of every provider's typed configuration.
+
+    ``optimize`` (on by default; ``LLMConfig.enable_optimizations=False`` turns it off) lets a
+    provider fit the load settings the user left unset (threads, context, batch, GPU layers,
+    mmap/mlock) to this machine, see :mod:`papin.llm.tuning`.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+
+    optimize: bool = Field(True, description="Fit unset load settings (threads, context...) to this machine.")
 
 
 def _is_cancellation(exc: BaseException) -> bool:

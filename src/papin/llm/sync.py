@@ -22,7 +22,7 @@ import contextvars
 import signal
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from papin.llm.config import LLMConfig
 from papin.llm.errors import ConfigurationError
@@ -38,7 +38,10 @@ from papin.llm.types import (
     ProviderStatus,
 )
 
-__all__ = ["SyncLLMManager", "create_sync_llm_manager"]
+if TYPE_CHECKING:
+    from papin.llm.discovery import DiscoveryResult
+
+__all__ = ["SyncLLMManager", "create_sync_llm_manager", "discover_sync"]
 
 T = TypeVar("T")
 
@@ -76,9 +79,7 @@ class SyncLLMManager:
             pass
         else:
             coro.close()
-            raise RuntimeError(
-                "SyncLLMManager cannot be used inside a running event loop; use LLMManager."
-            )
+            raise RuntimeError("SyncLLMManager cannot be used inside a running event loop; use LLMManager.")
         with self._lock:
             loop = self._runner.get_loop()
             if self._context is None:
@@ -140,6 +141,12 @@ class SyncLLMManager:
         """Facts about the active backend."""
         return self._run(self.manager.get_system_info())
 
+    def discover(
+        self, *, refresh: bool = False, files: bool = True, installed: bool = True
+    ) -> DiscoveryResult:
+        """What discovery finds on this machine (see :meth:`LLMManager.discover`)."""
+        return self._run(self.manager.discover(refresh=refresh, files=files, installed=installed))
+
     # -- models ---------------------------------------------------------------------------
     def resolve_model(self, model: str | None) -> str:
         """Which model a call with ``model`` would use."""
@@ -157,9 +164,7 @@ class SyncLLMManager:
         """Details of one model."""
         return self._run(self.manager.get_model_info(model))
 
-    def download_model(
-        self, model: str, on_progress: ProgressCallback | None = None
-    ) -> DownloadStatus:
+    def download_model(self, model: str, on_progress: ProgressCallback | None = None) -> DownloadStatus:
         """Download a model, reporting progress; Ctrl-C cancels it."""
         return self._run(self.manager.download_model(model, on_progress))
 
@@ -205,9 +210,7 @@ class SyncLLMManager:
         **kw: Any,
     ) -> GenerationResult:
         """Stream to ``callback``; returning False from it stops generation."""
-        return self._run(
-            self.manager.generate_text_streaming(model, prompt, options, callback, **kw)
-        )
+        return self._run(self.manager.generate_text_streaming(model, prompt, options, callback, **kw))
 
     def chat(
         self,
@@ -280,3 +283,11 @@ def create_sync_llm_manager(
     return SyncLLMManager(
         create_llm_manager(provider=provider, model=model, endpoint=endpoint, config=config)
     )
+
+
+def discover_sync(*, refresh: bool = False, files: bool = True, installed: bool = True) -> DiscoveryResult:
+    """Blocking :meth:`papin.llm.discovery.Discovery.discover` of the process-wide discovery
+    (not for use inside a running event loop)."""
+    from papin.llm.discovery import get_discovery
+
+    return asyncio.run(get_discovery().discover(refresh=refresh, files=files, installed=installed))

@@ -91,6 +91,11 @@ class ManagedServer:
                     async for _ in self.store.add(name):
                         pass
             return await asyncio.to_thread(self.store.get, name)
+        from papin.llm.discovery import resolve_model_file
+
+        found = await resolve_model_file(self.store, name)  # a model file on disk, in place
+        if found is not None:
+            return found
         raise ModelNotFoundError(
             f"Model '{name}' is not in papin's model store ({self.store.root}), so papin cannot start "
             "llama-server for it. Add it with 'papin models pull PATH|URL|hf:OWNER/REPO/FILE.gguf'.",
@@ -99,7 +104,8 @@ class ManagedServer:
         )
 
     def spec(self, stored: StoredModel) -> ServerSpec:
-        """How llama-server is started for ``stored``: the settings, else tuned to this machine."""
+        """How llama-server is started for ``stored``: the settings, else (with ``optimize``)
+        tuned to this machine; blocking (hardware probes, ``llama-server --help`` once)."""
         c = self.config
         return spec_for_model(
             stored,
@@ -111,6 +117,7 @@ class ManagedServer:
             chat_template=c.chat_template,
             api_key=c.api_key,
             extra_args=tuple(c.extra_args),
+            optimize=c.optimize,
         )
 
     async def ensure(

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from papin.llm.errors import ProviderTimeoutError, ProviderUnavailableError
 
 if TYPE_CHECKING:
+    from papin.llm.platform import HardwareInfo
     from papin.llm.store import StoredModel
 
 __all__ = [
@@ -142,6 +143,7 @@ class ServerSpec:
     threads: int | None = None
     gpu_layers: int | None = None
     parallel: int | None = None
+    batch_size: int | None = None
     chat_template: str | None = None
     models_dir: str | None = None
     api_key: str | None = None
@@ -159,6 +161,8 @@ class ServerSpec:
             ("-t", self.threads),
             ("-ngl", self.gpu_layers),
             ("-np", self.parallel),
+            ("-b", self.batch_size),
+            ("-ub", self.batch_size),
         ]
         for flag, value in options:
             if value is not None:
@@ -183,22 +187,29 @@ def spec_for_model(
     binary: str,
     context_size: int | None = None,
     threads: int | None = None,
+    gpu_layers: int | None = None,
+    batch_size: int | None = None,
     chat_template: str | None = None,
+    extra_args: tuple[str, ...] = (),
+    optimize: bool = True,
+    hardware: HardwareInfo | None = None,
     **settings: Any,
 ) -> ServerSpec:
-    """How papin serves a store model: context and threads tuned to this machine unless
-    given, and a built-in chat template for a GGUF that has none (by architecture)."""
-    from papin.llm.tuning import default_load_settings, kv_bytes_per_token, machine_facts
+    """How papin serves a store model: the given settings, the others (with ``optimize``)
+    fitted to this machine and model (see :func:`papin.llm._tuning_backends.server_launch`),
+    and a built-in chat template for a GGUF that has none (by architecture)."""
+    from papin.llm._tuning_backends import server_launch
     from papin.llm.wire.llamacpp import ARCHITECTURE_TEMPLATES
 
     info = stored.info
-    tuned = default_load_settings(
-        machine_facts(),
-        trained_context=info.context_length,
-        model_bytes=stored.size_bytes,
-        kv_per_token=kv_bytes_per_token(
-            info.block_count, info.head_count_kv, info.key_length, info.value_length
-        ),
+    user = {
+        "context_size": context_size,
+        "threads": threads,
+        "gpu_layers": gpu_layers,
+        "batch_size": batch_size,
+    }
+    fields, load_args = server_launch(
+        info, stored.path, binary, user, extra_args=extra_args, optimize=optimize, hardware=hardware
     )
     if chat_template is None and not info.has_chat_template:
         chat_template = ARCHITECTURE_TEMPLATES.get(info.architecture or "")
@@ -206,9 +217,9 @@ def spec_for_model(
         binary=binary,
         model_path=str(stored.path),
         alias=stored.id,
-        context_size=context_size or tuned.n_ctx,
-        threads=threads or tuned.n_threads,
         chat_template=chat_template,
+        extra_args=load_args + tuple(extra_args),
+        **fields,
         **settings,
     )
 

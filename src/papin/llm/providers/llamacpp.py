@@ -44,7 +44,6 @@ from papin.llm.providers._llama_runtime import (
     import_llama_cpp,
     run_in_worker,
 )
-from papin.llm.tuning import default_load_settings, kv_bytes_per_token, machine_facts
 from papin.llm.types import (
     Capability,
     DownloadStatus,
@@ -58,6 +57,7 @@ from papin.llm.types import (
 
 if TYPE_CHECKING:
     from papin.llm.store import ModelStore, StoredModel
+    from papin.llm.tuning import TunedSettings
 
 __all__ = ["EXTRA_HINT", "LlamaCppConfig", "LlamaCppProvider", "PromptTruncatedWarning"]
 
@@ -145,6 +145,7 @@ class LlamaCppProvider(Provider):
         )
         self._store: ModelStore | None = None
         self._install_lock: asyncio.Lock | None = None
+        self._tuned: dict[str, tuple[str, dict[str, Any], TunedSettings]] = {}
 
     # -- helpers --------------------------------------------------------------------------
     @property
@@ -262,8 +263,14 @@ class LlamaCppProvider(Provider):
                 if found is None:
                     await self.download_model(model)
             return await asyncio.to_thread(self.store.get, model)
+        from papin.llm.discovery import resolve_model_file
+
+        found = await resolve_model_file(self.store, model)  # Ollama's, LM Studio's, HF's... in place
+        if found is not None:
+            return found
         raise ModelNotFoundError(
-            f"Model '{model}' is not in papin's model store ({self.store.root}). Add it with "
+            f"Model '{model}' is not in papin's model store ({self.store.root}), nor among the model "
+            "files found on disk ('papin providers' lists them). Add it with "
             "'papin models pull PATH|URL|hf:OWNER/REPO/FILE.gguf'.",
             provider=self.name,
             model=model,
@@ -278,32 +285,62 @@ class LlamaCppProvider(Provider):
         return ARCHITECTURE_CHAT_FORMATS.get(stored.info.architecture or "")
 
     def _load_settings(self, stored: StoredModel, options: GenerationOptions | None) -> LoadSettings:
+        """Load settings: the call's options, else the config, else (with ``optimize``) values
+        fitted to this machine and model (:mod:`papin.llm.tuning`), else library defaults.
+
+        The fitted values are computed when the model is first loaded and kept while it stays
+        loaded, so a change in free memory never reloads it; only a value the user sets does.
+        """
+        from papin.llm._tuning_backends import resolve_settings
+
         llama_cpp = self._require_runtime()
-        info = stored.info
-        tuned = default_load_settings(
-            machine_facts(gpu_offload=bool(llama_cpp.llama_supports_gpu_offload())),
-            trained_context=info.context_length,
-            model_bytes=stored.size_bytes,
-            kv_per_token=kv_bytes_per_token(
-                info.block_count, info.head_count_kv, info.key_length, info.value_length
-            ),
-        )
-        c, o = self.config, options or GenerationOptions()
-        n_ctx = o.context_size or c.context_size or tuned.n_ctx
+        user = self._user_settings(options)
+        loaded = self.pool.get(stored.id)
+        kept = self._tuned.get(stored.id)
+        if loaded is None or kept is None or kept[0] != str(stored.path) or kept[1] != user:
+            gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
+            tuned = resolve_settings(
+                stored.info, stored.path, user, optimize=self.config.optimize, gpu_offload=gpu_offload
+            )
+            kept = (str(stored.path), user, tuned)
+            self._tuned[stored.id] = kept
+        tuned = kept[2]
         return LoadSettings(
-            n_ctx=n_ctx,
-            n_threads=o.threads or c.threads or tuned.n_threads,
-            n_batch=min(o.batch_size or c.batch_size or tuned.n_batch, n_ctx),
-            n_gpu_layers=next(v for v in (o.gpu_layers, c.gpu_layers, tuned.n_gpu_layers) if v is not None),
-            use_mmap=c.use_mmap,
-            use_mlock=c.use_mlock,
+            n_ctx=tuned.context_size,
+            n_threads=tuned.threads,
+            n_batch=min(tuned.batch_size, tuned.context_size),
+            n_gpu_layers=tuned.gpu_layers,
+            use_mmap=tuned.use_mmap,
+            use_mlock=tuned.use_mlock,
             chat_format=self._chat_format(stored),
         )
+
+    def _user_settings(self, options: GenerationOptions | None) -> dict[str, Any]:
+        """The load settings the user set: per call, else in the config (``None``: unset)."""
+        c, o = self.config, options or GenerationOptions()
+        return {
+            "threads": o.threads or c.threads,
+            "context_size": o.context_size or c.context_size,
+            "batch_size": o.batch_size or c.batch_size,
+            "gpu_layers": o.gpu_layers if o.gpu_layers is not None else c.gpu_layers,
+            "use_mmap": c.use_mmap if "use_mmap" in c.model_fields_set else None,
+            "use_mlock": c.use_mlock if "use_mlock" in c.model_fields_set else None,
+        }
+
+    def describe_load_settings(
+        self, stored: StoredModel, options: GenerationOptions | None = None
+    ) -> TunedSettings:
+        """The settings, each with its reason, that loading ``stored`` would use now (for
+        ``papin doctor``); blocking (hardware probes)."""
+        from papin.llm._tuning_backends import resolve_settings
+
+        user = self._user_settings(options)
+        return resolve_settings(stored.info, stored.path, user, optimize=self.config.optimize)
 
     async def _acquire(
         self, stored: StoredModel, options: GenerationOptions | None
     ) -> tuple[LoadedLlama, float | None]:
-        settings = self._load_settings(stored, options)
+        settings = await asyncio.to_thread(self._load_settings, stored, options)  # hardware probes
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self.pool.executor, self.pool.acquire, stored.id, str(stored.path), settings

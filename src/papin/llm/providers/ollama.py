@@ -191,7 +191,7 @@ class OllamaProvider(HttpProvider):
 
     async def load_model(self, model: str) -> None:
         """Load ``model`` (a generate request without a prompt)."""
-        body = wire.build_load(model, keep_alive=self.config.keep_alive)
+        body = wire.build_load(model, keep_alive=self.config.keep_alive, options=self._tuned(None))
         await self.transport.request_json(
             "POST",
             "/api/generate",
@@ -211,18 +211,46 @@ class OllamaProvider(HttpProvider):
             return options
         return (options or GenerationOptions()).model_copy(update={"keep_alive": self.config.keep_alive})
 
+    def _tuned(self, options: GenerationOptions | None) -> GenerationOptions | None:
+        """``options`` with papin's tuned load options added where the user set none.
+
+        See :func:`papin.llm._tuning_backends.ollama_options` for what is sent and why (only
+        ``num_thread``, only to an Ollama on this machine under a CPU limit). Nothing is added
+        with ``optimize`` off, or for a setting given per call (field or ``additional_params``).
+        """
+        if not self.config.optimize:
+            return options
+        from papin.llm._tuning_backends import is_loopback, ollama_options
+
+        if not is_loopback(self.endpoint):
+            return options
+        from papin.llm.platform import detect_cpu
+
+        tuned = ollama_options(detect_cpu(), self.endpoint)  # cached after the first call
+        extra = (options.additional_params if options else {}).keys()
+        names = {
+            "threads": "num_thread",
+            "context_size": "num_ctx",
+            "batch_size": "num_batch",
+            "gpu_layers": "num_gpu",
+        }
+        tuned = {k: v for k, v in tuned.items() if names[k] not in extra}
+        if not tuned:
+            return options
+        return (options or GenerationOptions()).merged(GenerationOptions(**tuned))
+
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
     ) -> AsyncIterator[GenerationChunk]:
         """Stream a completion from ``POST /api/generate``."""
-        body = wire.build_generate(model, prompt, self._with_keep_alive(options))
+        body = wire.build_generate(model, prompt, self._tuned(self._with_keep_alive(options)))
         return self._generation_stream("/api/generate", body, model)
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
     ) -> AsyncIterator[GenerationChunk]:
         """Stream a chat reply from ``POST /api/chat``."""
-        body = wire.build_chat(model, as_messages(messages), self._with_keep_alive(options))
+        body = wire.build_chat(model, as_messages(messages), self._tuned(self._with_keep_alive(options)))
         return self._generation_stream("/api/chat", body, model)
 
     async def _generation_stream(

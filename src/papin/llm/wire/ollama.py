@@ -179,11 +179,20 @@ def build_chat(
     return body
 
 
-def build_load(model: str, *, keep_alive: float | str | None) -> dict[str, Any]:
-    """Body of a generate request that only loads (or, with ``keep_alive=0``, unloads) a model."""
+def build_load(
+    model: str, *, keep_alive: float | str | None, options: GenerationOptions | None = None
+) -> dict[str, Any]:
+    """Body of a generate request that only loads (or, with ``keep_alive=0``, unloads) a model.
+
+    ``options`` carries the load-time options (``num_thread``...) so that the model is loaded
+    as the following requests will want it (Ollama reloads a model whose options change).
+    """
     body: dict[str, Any] = {"model": model, "stream": False}
     if keep_alive is not None:
         body["keep_alive"] = keep_alive
+    opts, _ = map_options(options)
+    if opts:
+        body["options"] = opts
     return body
 
 

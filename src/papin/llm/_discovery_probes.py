@@ -1,0 +1,163 @@
+"""Probing the candidate addresses (the I/O of discovery).
+
+:func:`probe_all` runs every candidate at once over one shared ``httpx`` client (the aiohttp
+transport papin uses everywhere): ``GET /`` first, then what
+:func:`~papin.llm._discovery_fingerprints.next_paths` asks for, each request bounded by a
+connect and a read timeout. It never raises: an address that refuses, times out or answers
+nonsense is an outcome like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from papin.llm._discovery_candidates import Candidate
+from papin.llm._discovery_fingerprints import ROOT, Identification, Reply, identify, next_paths
+
+if TYPE_CHECKING:
+    import httpx
+
+__all__ = ["ProbeOutcome", "make_client", "probe_all", "probe_one"]
+
+_MAX_BODY = 4 * 1024 * 1024
+_MAX_ROUNDS = 3
+
+
+# -- the probe (I/O) ----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    """The result of probing one candidate: an identification, or why there is none."""
+
+    candidate: Candidate
+    found: Identification | None
+    error: str | None
+    elapsed: float
+    answered: bool
+
+
+_verified_ssl: Any = None
+
+
+def _ssl_context(candidates: Sequence[Candidate]) -> Any:
+    """A verifying TLS context only when some candidate uses https (creating one reads the CA
+    store, ~20 ms); made once per process."""
+    global _verified_ssl
+    if not any(c.url.startswith("https://") for c in candidates):
+        return False
+    if _verified_ssl is None:
+        import ssl
+
+        _verified_ssl = ssl.create_default_context()
+    return _verified_ssl
+
+
+def make_client(
+    candidates: Sequence[Candidate], connect_timeout: float, read_timeout: float
+) -> httpx.AsyncClient:
+    """The one client all probes of a discovery share (aiohttp transport, no env proxies)."""
+    import httpx
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    transport = AiohttpTransport(verify=_ssl_context(candidates), limits=limits, trust_env=False)
+    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
+    client = httpx.AsyncClient(
+        transport=transport,
+        timeout=timeout,
+        trust_env=False,
+        headers={"user-agent": "papin-discovery", "accept": "application/json"},
+    )
+    del client.headers["connection"]
+    return client
+
+
+def _failure(exc: BaseException) -> str:
+    from papin.llm._http import _classify
+
+    kind, reason = _classify(exc)
+    return {"refused": "connection refused", "connect_timeout": "connect timed out"}.get(kind, reason)
+
+
+async def _get(client: httpx.AsyncClient, url: str, read_timeout: float, limit: float) -> Reply:
+    import httpx
+
+    try:
+        async with asyncio.timeout(limit):
+            async with client.stream("GET", url) as response:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > _MAX_BODY:
+                        break
+                    chunks.append(chunk)
+                return Reply(response.status_code, b"".join(chunks), response.headers.get("content-type", ""))
+    except TimeoutError:
+        return Reply(None, error=f"no answer within {limit:g} s")
+    except (httpx.ReadTimeout, httpx.PoolTimeout):
+        return Reply(None, error=f"no answer within {read_timeout:g} s")
+    except Exception as exc:  # every transport failure means "nothing answered"
+        return Reply(None, error=_failure(exc))
+
+
+async def probe_one(
+    client: httpx.AsyncClient, candidate: Candidate, connect_timeout: float, read_timeout: float
+) -> ProbeOutcome:
+    """Probe one address: ``GET /`` first, then what :func:`next_paths` asks for, all
+    requests of a round at once. Bounded by about ``connect + 2 * read`` seconds; never raises."""
+    started = time.perf_counter()
+    replies: dict[str, Reply] = {}
+    limit = connect_timeout + read_timeout
+    error: str | None = None
+    try:
+        async with asyncio.timeout(connect_timeout + 2 * read_timeout):
+            for _ in range(_MAX_ROUNDS):
+                paths = next_paths(replies)
+                if not paths:
+                    break
+                answers = await asyncio.gather(
+                    *(_get(client, candidate.url + p, read_timeout, limit) for p in paths)
+                )
+                replies.update(zip(paths, answers, strict=True))
+    except TimeoutError:
+        error = f"answered too slowly (over {connect_timeout + 2 * read_timeout:g} s)"
+    except Exception as exc:  # pragma: no cover - defensive: a probe never raises
+        error = f"probe failed: {type(exc).__name__}: {exc}"
+    root = replies.get(ROOT)
+    answered = root is not None and root.status is not None
+    if root is not None and root.status is None:
+        error = root.error
+    found = None
+    if answered:
+        try:
+            found = identify(replies, candidate.hint)
+        except Exception as exc:  # pragma: no cover - defensive: malformed answers
+            error = f"unrecognised answers ({type(exc).__name__}: {exc})"
+        if found is None and error is None:
+            error = "answers HTTP, but not as any known LLM server"
+    return ProbeOutcome(candidate, found, error, time.perf_counter() - started, answered)
+
+
+async def probe_all(
+    candidates: Sequence[Candidate], *, connect_timeout: float = 0.3, read_timeout: float = 0.3
+) -> list[ProbeOutcome]:
+    """Probe every candidate at once over one client; outcomes in candidate order."""
+    if not candidates:
+        return []
+    try:
+        client = make_client(candidates, connect_timeout, read_timeout)
+    except Exception as exc:  # httpx missing or broken: report, do not raise
+        return [ProbeOutcome(c, None, f"cannot probe: {exc}", 0.0, False) for c in candidates]
+    try:
+        return list(
+            await asyncio.gather(*(probe_one(client, c, connect_timeout, read_timeout) for c in candidates))
+        )
+    finally:
+        try:
+            await asyncio.shield(client.aclose())
+        except Exception:  # pragma: no cover - closing never matters to the result
+            pass

@@ -1,0 +1,182 @@
+"""Injected hardware profiles and hand-made models for the tuning and fit tests.
+
+Every figure is a round number of MiB so that the expected results can be worked out by hand
+in the tests.
+"""
+
+from __future__ import annotations
+
+from papin.llm.gguf_info import GGUFInfo
+from papin.llm.platform import (
+    MLOCK_UNLIMITED,
+    CpuInfo,
+    GpuInfo,
+    HardwareInfo,
+    LlamaBuildInfo,
+    MemoryInfo,
+)
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+__all__ = [
+    "GIB",
+    "MIB",
+    "apple_m2_16gb",
+    "container_4gb",
+    "gemma_like",
+    "hardware",
+    "llama8b_q4",
+    "nvidia_gpu",
+    "small_cpu_4gb",
+    "workstation_8gb_gpu",
+]
+
+
+def hardware(
+    *,
+    physical: int = 8,
+    logical: int | None = None,
+    available_cores: int | None = None,
+    performance_cores: int | None = None,
+    total: int = 16 * GIB,
+    available: int | None = None,
+    cgroup_limit: int | None = None,
+    cgroup_usage: int | None = None,
+    mlock_limit: int | None = MLOCK_UNLIMITED,
+    gpus: tuple[GpuInfo, ...] = (),
+    gpu_offload: bool | None = None,
+    supports_mlock: bool | None = True,
+    os_name: str = "Linux",
+    arch: str = "x86_64",
+) -> HardwareInfo:
+    """A :class:`HardwareInfo` as stated; the llama.cpp build offloads when there is a GPU."""
+    return HardwareInfo(
+        os=os_name,
+        os_version=None,
+        architecture=arch,
+        cpu=CpuInfo(
+            model="Test CPU",
+            architecture=arch,
+            physical_cores=physical,
+            logical_cores=logical or physical * 2,
+            features=frozenset({"avx", "avx2", "fma", "f16c"}),
+            available_cores=available_cores,
+            performance_cores=performance_cores,
+        ),
+        memory=MemoryInfo(
+            total=total,
+            available=total * 3 // 4 if available is None else available,
+            cgroup_limit=cgroup_limit,
+            cgroup_usage=cgroup_usage,
+            mlock_limit=mlock_limit,
+        ),
+        gpus=gpus,
+        llama=LlamaBuildInfo(
+            package_version="0.3.36",
+            gpu_offload=bool(gpus) if gpu_offload is None else gpu_offload,
+            system_info=None,
+            features=frozenset(),
+            server_binary=None,
+            supports_mlock=supports_mlock,
+        ),
+    )
+
+
+def nvidia_gpu(total: int = 8 * GIB, free: int | None = None, index: int = 0) -> GpuInfo:
+    """An NVIDIA GPU with ``total`` bytes, ``free`` free (default: total - 512 MiB)."""
+    return GpuInfo(
+        index=index,
+        vendor="nvidia",
+        name="NVIDIA Test GPU",
+        memory_total=total,
+        memory_free=total - 512 * MIB if free is None else free,
+        compute_capability="8.6",
+        driver="550.00",
+    )
+
+
+def workstation_8gb_gpu() -> HardwareInfo:
+    """8 physical cores, 16 GiB RAM (12 GiB available), one 8 GiB GPU with 7.5 GiB free."""
+    return hardware(physical=8, total=16 * GIB, available=12 * GIB, gpus=(nvidia_gpu(),))
+
+
+def apple_m2_16gb() -> HardwareInfo:
+    """Apple M2, 16 GiB unified memory with 10 GiB available: Metal may use 2/3 of the RAM."""
+    gpu = GpuInfo(0, "apple", "Apple M2 GPU", 16 * GIB * 2 // 3, 10 * GIB, None, "Metal", unified_memory=True)
+    return hardware(
+        physical=8,
+        logical=8,
+        performance_cores=4,
+        total=16 * GIB,
+        available=10 * GIB,
+        gpus=(gpu,),
+        os_name="macOS",
+        arch="arm64",
+    )
+
+
+def small_cpu_4gb() -> HardwareInfo:
+    """2 cores, 4 GiB RAM (3 GiB available), no GPU, ``ulimit -l`` 8 MiB."""
+    return hardware(physical=2, logical=2, total=4 * GIB, available=3 * GIB, mlock_limit=8 * MIB)
+
+
+def container_4gb() -> HardwareInfo:
+    """A container on a 32-core, 64 GiB host: 2 CPUs allowed, a 4 GiB cgroup limit with 1 GiB
+    used (so 3 GiB usable), no GPU."""
+    return hardware(
+        physical=32,
+        available_cores=2,
+        total=64 * GIB,
+        available=60 * GIB,
+        cgroup_limit=4 * GIB,
+        cgroup_usage=1 * GIB,
+    )
+
+
+def llama8b_q4() -> GGUFInfo:
+    """An 8B-like model: 32 layers of 128 MiB, 512 MiB outside them (256 MiB output head),
+    8 KV heads of 128 + 128 values (128 KiB of f16 KV cache per token), vocabulary 131072,
+    width 4096 (compute buffer at batch 512: 256 + 64 MiB)."""
+    return GGUFInfo(
+        architecture="llama",
+        name="Test Llama 8B",
+        parameter_count=8_000_000_000,
+        quantization="Q4_K_M",
+        context_length=131072,
+        block_count=32,
+        embedding_length=4096,
+        head_count=32,
+        head_count_kv=8,
+        key_length=128,
+        value_length=128,
+        file_size=4608 * MIB + 8 * MIB,
+        vocab_size=131072,
+        layer_bytes=(128 * MIB,) * 32,
+        output_bytes=256 * MIB,
+        other_bytes=512 * MIB,
+    )
+
+
+def gemma_like() -> GGUFInfo:
+    """A Gemma-3-270M-like model: 18 layers of 4 MiB, 170 MiB of tied embeddings, one KV head
+    of 256 + 256 (18432 bytes per token), vocabulary 262144, width 640."""
+    return GGUFInfo(
+        architecture="gemma3",
+        name="Test Gemma",
+        parameter_count=268_000_000,
+        quantization="Q4_K_M",
+        context_length=32768,
+        block_count=18,
+        embedding_length=640,
+        head_count=4,
+        head_count_kv=1,
+        key_length=256,
+        value_length=256,
+        file_size=242 * MIB + 100,
+        vocab_size=262144,
+        layer_bytes=(4 * MIB,) * 18,
+        output_bytes=170 * MIB,
+        other_bytes=170 * MIB,
+        output_tied=True,
+    )
