@@ -68,7 +68,10 @@ def open_manager(state: CliState, *, model: str | None = None) -> Iterator[SyncL
     llm.manager.monitor_on_initialize = False  # a one-shot command has nothing to watch for
     report = llm.manager.migration_report
     if report is not None:
-        click.echo(f"papin: legacy configuration: {one_line(report.summary())}", err=True)
+        click.echo(
+            f"papin: legacy configuration: {one_line(report.summary())} ('papin config migrate --status')",
+            err=True,
+        )
     try:
         yield llm
     finally:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from papin.llm.config import LLMConfig, config_path
+    from papin.llm.discovery import DiscoveredBackend, Discovery, DiscoveryResult, get_discovery
     from papin.llm.errors import (
         AuthenticationError,
         CancelledError,
@@ -35,10 +36,15 @@ if TYPE_CHECKING:
         UnsupportedOperationError,
     )
     from papin.llm.factory import ProviderFactory, get_provider_factory, reset_provider_factory
+    from papin.llm.fit import FitReport, assess_fit, best_fit
     from papin.llm.manager import LLMManager, ProviderChoice, create_llm_manager
+    from papin.llm.migration import MigrationReport, detect_legacy, plan_migration, run_migration
+    from papin.llm.monitor import ModelChange, ModelMonitor
     from papin.llm.options import GenerationOptions
+    from papin.llm.platform import HardwareInfo, detect_hardware
     from papin.llm.provider import Provider, ProviderConfig
     from papin.llm.sync import SyncLLMManager, create_sync_llm_manager
+    from papin.llm.tuning import TunedSettings, tune
     from papin.llm.types import (
         Capability,
         ChatMessage,
@@ -53,6 +59,23 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS: dict[str, str] = {
+    "Discovery": "discovery",
+    "DiscoveryResult": "discovery",
+    "DiscoveredBackend": "discovery",
+    "get_discovery": "discovery",
+    "ModelChange": "monitor",
+    "ModelMonitor": "monitor",
+    "HardwareInfo": "platform",
+    "detect_hardware": "platform",
+    "FitReport": "fit",
+    "assess_fit": "fit",
+    "best_fit": "fit",
+    "TunedSettings": "tuning",
+    "tune": "tuning",
+    "MigrationReport": "migration",
+    "detect_legacy": "migration",
+    "plan_migration": "migration",
+    "run_migration": "migration",
     "LLMConfig": "config",
     "config_path": "config",
     "AuthenticationError": "errors",
@@ -97,17 +120,25 @@ __all__ = [
     "Capability",
     "ChatMessage",
     "ConfigurationError",
+    "DiscoveredBackend",
+    "Discovery",
+    "DiscoveryResult",
     "DownloadError",
     "DownloadStatus",
+    "FitReport",
     "GenerationChunk",
     "GenerationError",
     "GenerationOptions",
     "GenerationResult",
     "GenerationStats",
+    "HardwareInfo",
     "LLMConfig",
     "LLMManager",
     "LoadedModel",
+    "MigrationReport",
+    "ModelChange",
     "ModelInfo",
+    "ModelMonitor",
     "ModelNotFoundError",
     "ProtocolError",
     "Provider",
@@ -122,12 +153,21 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitedError",
     "SyncLLMManager",
+    "TunedSettings",
     "UnsupportedOperationError",
+    "assess_fit",
+    "best_fit",
     "config_path",
     "create_llm_manager",
     "create_sync_llm_manager",
+    "detect_hardware",
+    "detect_legacy",
+    "get_discovery",
     "get_provider_factory",
+    "plan_migration",
     "reset_provider_factory",
+    "run_migration",
+    "tune",
 ]
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from papin.llm.wire.hosts import connectable_host
+
 __all__ = [
     "CANDIDATES_ENV",
     "PROVIDER_NAMES",
@@ -75,13 +77,7 @@ def _normal_url(url: str) -> str:
     if "://" not in url:
         url = "http://" + url
     parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
+    host = connectable_host(parts.hostname or "127.0.0.1")
     try:
         port = parts.port
     except ValueError:

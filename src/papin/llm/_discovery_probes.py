@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from papin.llm._discovery_candidates import Candidate
 from papin.llm._discovery_fingerprints import ROOT, Identification, Reply, identify, next_paths
@@ -142,20 +143,53 @@ async def probe_one(
     return ProbeOutcome(candidate, found, error, time.perf_counter() - started, answered)
 
 
+async def port_open(candidate: Candidate, connect_timeout: float) -> ProbeOutcome | None:
+    """``None`` when something accepts TCP connections at the candidate's address, else the
+    outcome saying why not (refused, timed out, unresolvable). Never raises."""
+    started = time.perf_counter()
+    parts = urlsplit(candidate.url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        async with asyncio.timeout(connect_timeout):
+            _, writer = await asyncio.open_connection(parts.hostname, port)
+        writer.close()
+        return None
+    except TimeoutError:
+        error = "connect timed out"
+    except ConnectionRefusedError:
+        error = "connection refused"
+    except (OSError, ValueError) as exc:
+        error = f"cannot connect: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
+    return ProbeOutcome(candidate, None, error, time.perf_counter() - started, False)
+
+
 async def probe_all(
     candidates: Sequence[Candidate], *, connect_timeout: float = 0.3, read_timeout: float = 0.3
 ) -> list[ProbeOutcome]:
-    """Probe every candidate at once over one client; outcomes in candidate order."""
+    """Probe every candidate at once; outcomes in candidate order.
+
+    A plain TCP connect comes first: the addresses where nothing listens (the usual case) are
+    settled without importing the HTTP stack (about 300 ms of imports in a fresh process); the
+    others are probed over one shared client.
+    """
     if not candidates:
         return []
+    closed = await asyncio.gather(*(port_open(c, connect_timeout) for c in candidates))
+    live = [c for c, outcome in zip(candidates, closed, strict=True) if outcome is None]
+    if not live:
+        return [outcome for outcome in closed if outcome is not None]
     try:
-        client = make_client(candidates, connect_timeout, read_timeout)
+        client = make_client(live, connect_timeout, read_timeout)
     except Exception as exc:  # httpx missing or broken: report, do not raise
-        return [ProbeOutcome(c, None, f"cannot probe: {exc}", 0.0, False) for c in candidates]
+        return [
+            o or ProbeOutcome(c, None, f"cannot probe: {exc}", 0.0, False)
+            for c, o in zip(candidates, closed, strict=True)
+        ]
     try:
-        return list(
-            await asyncio.gather(*(probe_one(client, c, connect_timeout, read_timeout) for c in candidates))
+        probed = iter(
+            await asyncio.gather(*(probe_one(client, c, connect_timeout, read_timeout) for c in live))
         )
+        return [outcome if outcome is not None else next(probed) for outcome in closed]
     finally:
         try:
             await asyncio.shield(client.aclose())

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from papin.llm.errors import ConfigurationError, InvalidModelFileError, ModelNotFoundError
-from papin.llm.gguf_info import FILE_TYPES, GGUFInfo, read_gguf_info, size_label
+from papin.llm.gguf_info import FILE_TYPES, GGUFInfo, _int_value, read_gguf_info, size_label
 
 __all__ = [
     "BITS_PER_WEIGHT",
@@ -137,15 +137,9 @@ def describe_model(
 
 
 def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-        return int(max(value))
     if isinstance(value, str) and value.isdigit():
         return int(value)
-    return None
+    return _int_value(value)
 
 
 def info_from_metadata(

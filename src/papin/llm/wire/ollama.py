@@ -23,6 +23,7 @@ from papin.llm.types import (
     LoadedModel,
     ModelInfo,
 )
+from papin.llm.wire.hosts import connectable_host
 
 __all__ = [
     "DEFAULT_HOST",
@@ -115,14 +116,9 @@ def parse_host(value: str | None) -> str:
         port = parts.port or default_port
     except ValueError:
         port = default_port  # Ollama logs a warning and falls back to the default port
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
     path = parts.path.rstrip("/")
-    return f"{scheme}://{host}:{port}{path}"
+    return f"{scheme}://{connectable_host(host)}:{port}{path}"
+
 
 
 def map_options(options: GenerationOptions | None) -> tuple[dict[str, Any], dict[str, Any]]:
