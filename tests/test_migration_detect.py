@@ -296,3 +296,15 @@ def test_importing_migration_loads_no_yaml_and_papin_llm_no_migration() -> None:
         "assert 'tomllib' not in sys.modules, 'tomllib'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_an_unrelated_file_at_a_legacy_path_is_skipped(tree: LegacyTree) -> None:
+    tree.write("work/config/llm.json", json.dumps({"theme": "dark", "endpoint": "x"}))  # another program's
+    found = tree.detect()
+    assert not found.found and found.config_source is None and found.config_error is None
+    assert any("not a legacy Papin configuration" in note for note in found.notes)
+    # An unrelated file earlier in the search order does not hide a real one after it.
+    tree.write("home/.papin/llm_config.json", json.dumps({"colour": "blue"}))
+    real = tree.put("work/llm_config.json", "llm_config.json")
+    found = tree.detect()
+    assert found.config_source == str(real) and found.config is not None and found.config.model_id == "medium"

@@ -86,6 +86,19 @@ class LegacyConfig:
     unknown: dict[str, Any] = field(default_factory=dict)
     invalid: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def recognised(self) -> bool:
+        """Whether the document has any legacy setting at all (an unrelated file that happens
+        to sit at a legacy path, such as another program's ``./config/llm.json``, has none)."""
+        plain = (self.model_id, self.model_path, self.context_size, self.max_output_length)
+        return (
+            any(v is not None for v in plain)
+            or self.parameters != LegacyParameters()
+            or self.enabled is not None
+            or self.memory_usage_mb is not None
+            or bool(self.invalid)
+        )
+
 
 def config_to_dict(cfg: LegacyConfig) -> dict[str, Any]:
     """The settings found, JSON-ready."""

@@ -319,13 +319,21 @@ def detect_legacy(
                     continue
             except OSError:
                 continue
-            source = str(candidate)
-            stamps.append(_stamp(candidate))
             try:
                 fmt, config = read_legacy_config_file(candidate)
             except ConfigurationError as exc:
                 fmt = FORMATS.get(candidate.suffix.lower())
                 error = exc.message
+            else:
+                if not config.recognised:
+                    notes.append(
+                        f"{candidate} has none of the legacy settings (model_id, model_path, "
+                        "context_size, parameters...): not a legacy Papin configuration, skipped."
+                    )
+                    fmt = config = None
+                    continue
+            source = str(candidate)
+            stamps.append(_stamp(candidate))
             break
 
     dirs = [data_dir / "papin" / "models", data_dir / "mcp-client" / "models"]

@@ -446,7 +446,8 @@ def maybe_auto_migrate(*, config_file: Path | None = None, **detect_options: Any
         root = detect_options.get("store_root")
         store = ModelStore(root) if root is not None else None
         plan = plan_migration(detection, config_file=config_file, store=store, cwd=detect_options.get("cwd"))
-        return run_migration(plan)
+        report = run_migration(plan)
+        return None if report.status == "nothing_to_do" else report  # nothing to tell anyone
     except Exception as exc:
         log.warning("Automatic migration skipped: %s", exc)
         return MigrationReport("failed", None, error=str(exc), timestamp=now_iso())
