@@ -289,6 +289,8 @@ def papin_env(models_dir: Path, config_dir: Path) -> dict[str, str]:
         if not key.startswith(("PAPIN_", "OLLAMA_")) and key not in dropped
     }
     env.update(
+        HOME=str(config_dir.parent / "home"),  # also for module-scoped fixtures: no real ~/.papin etc.
+        PAPIN_DISCOVERY_CANDIDATES="",
         PAPIN_MODELS_DIR=str(models_dir),
         PAPIN_CONFIG_DIR=str(config_dir),
         OLLAMA_HOST=closed_port_url(),

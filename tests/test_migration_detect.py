@@ -308,3 +308,20 @@ def test_an_unrelated_file_at_a_legacy_path_is_skipped(tree: LegacyTree) -> None
     real = tree.put("work/llm_config.json", "llm_config.json")
     found = tree.detect()
     assert found.config_source == str(real) and found.config is not None and found.config.model_id == "medium"
+
+
+def test_papins_default_store_is_not_legacy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On Linux the legacy ``<data dir>/papin/models`` is papin's default store: with
+    ``PAPIN_MODELS_DIR`` pointing elsewhere, the files left there are still papin's."""
+    import os
+
+    from papin.llm.migration import maybe_auto_migrate
+    from tests.ggufs import write_gguf
+
+    default_store = Path(os.environ["HOME"]) / ".local" / "share" / "papin" / "models"
+    write_gguf(default_store / "gemma.gguf")
+    monkeypatch.setenv("PAPIN_MODELS_DIR", str(tmp_path / "elsewhere"))
+    found = detect_legacy(cwd=tmp_path, platform="linux")
+    assert not found.found and found.model_files == ()
+    assert maybe_auto_migrate(cwd=tmp_path, platform="linux") is None
+    assert not (tmp_path / "elsewhere").exists()

@@ -112,8 +112,14 @@ def detect_legacy(
     ``legacy_file`` replaces the search for the configuration. Everything else is
     injectable for tests (data dir, home, working directory, platform, environment, and a
     registry reader ``(hive, key, value) -> str | None``). Files in papin's own model store
-    (``store_root``, default the embedded provider's) are not legacy and are left out.
+    (``store_root``, default the embedded provider's) are not legacy and are left out, and
+    neither are those in papin's default store directory (on Linux that is also the legacy
+    ``<data dir>/papin/models``): with ``PAPIN_MODELS_DIR`` pointing elsewhere, its files are
+    still papin's, from before, not the legacy engine's.
     """
+    import platformdirs
+
+    skip = [Path(platformdirs.user_data_dir("papin", appauthor=False)) / "models"]
     if store_root is None:
         try:
             store_root = default_store(LLMConfig.from_file()).root
@@ -130,7 +136,7 @@ def detect_legacy(
         platform=platform,
         environ=environ,
         registry_reader=registry_reader,
-        skip_dirs=(store_root,),
+        skip_dirs=(store_root, *skip),
     )
 
 
