@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from papin.llm.config import LLMConfig
     from papin.llm.discovery import Discovery, DiscoveryResult
     from papin.llm.factory import ProviderFactory
+    from papin.llm.platform import HardwareInfo
     from papin.llm.provider import Provider
 
 __all__ = ["ProviderChoice", "choose_provider", "embedded_can_use_gpu"]
@@ -86,14 +87,12 @@ def embedded_can_use_gpu(hardware: Any) -> bool:
     return bool(getattr(hardware, "has_gpu", False)) and bool(getattr(llama, "gpu_offload", False))
 
 
-def _detect_hardware() -> Any:
-    try:
-        from papin.llm.platform import detect_hardware  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return None
+def _detect_hardware() -> HardwareInfo | None:
+    from papin.llm.platform import detect_hardware
+
     try:
         return detect_hardware(include_llama=True)
-    except Exception:  # detection never decides the choice by failing
+    except Exception:  # pragma: no cover - detection never raises; never decide by failing
         return None
 
 
