@@ -287,13 +287,31 @@ def test_cli_fit_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     result = papin("models", "fit", str(tmp_path / "missing.gguf"))
     assert result.exit_code == 1 and "No such model file" in result.stderr
     result = papin("models", "fit", "no-such-model")
-    assert result.exit_code == 1 and "neither a GGUF file nor a model in papin's model store" in result.stderr
+    assert result.exit_code == 1 and "neither a GGUF file, a model in papin's model store" in result.stderr
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(write_gguf(tmp_path / "whole.gguf", pad_bytes=4096).read_bytes()[:-1000])
     result = papin("models", "fit", str(truncated))
     assert result.exit_code == 1 and "truncated GGUF file" in result.stderr
     assert papin("models", "fit").exit_code == 2  # MODEL is required
     assert papin("models", "fit", str(html), "--context", "0").exit_code == 2
+
+
+def test_cli_fit_a_model_file_found_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model named as discovery lists it: Ollama's store, the Hugging Face cache."""
+    import os
+
+    from tests.test_discovery_local import ollama_model
+
+    monkeypatch.setenv("PAPIN_MODELS_DIR", str(tmp_path / "store"))
+    blob = ollama_model(Path(os.environ["HOME"]) / ".ollama" / "models", "llama3.2", "1b")
+    data = json.loads(papin("models", "fit", "llama3.2:1b", "--json").stdout)
+    (model,) = data["models"]
+    assert model["source"] == str(blob) and model["verdict"] in ("gpu", "partial", "cpu")
+    hf = Path(os.environ["HOME"]) / ".cache" / "huggingface" / "hub" / "models--me--tiny-GGUF" / "snapshots" / "r1"
+    write_gguf(hf / "tiny-Q4_K_M.gguf")
+    result = papin("models", "fit", "me/tiny-GGUF/tiny-Q4_K_M.gguf")
+    assert result.exit_code == 0, result.output
+    assert "FITS" in result.stdout
 
 
 def test_cli_fit_default_model_without_installing_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -105,7 +105,9 @@ def _model_part(report: _Report) -> None:
     models_dir = settings.get("models_dir")
     try:
         root = Path(str(models_dir)).expanduser() if models_dir else None
-        report.model_source, report.model_info = find_model_info(report.model, models_dir=root)
+        report.model_source, report.model_info = find_model_info(
+            report.model, models_dir=root, model_dirs=report.config.discovery.model_dirs
+        )
     except ProviderError as exc:
         report.problems.append(f"model '{report.model}': {one_line(str(exc))}")
     info = report.model_info

@@ -208,8 +208,10 @@ def ps(state: CliState, as_json: bool) -> None:
 def fit(models: tuple[str, ...], context: int | None, as_json: bool) -> None:
     """Say whether MODEL fits this machine: on the GPU, partly offloaded, CPU only, or not.
 
-    MODEL is the path of a .gguf file or a model id in papin's model store. Several MODELs
-    (quantizations of one model) are compared and the best one that fits is named.
+    MODEL is the path of a .gguf file, a model id in papin's model store, or the name of a
+    model file found on disk ('llama3.2:1b' in Ollama's store, 'OWNER/REPO/FILE.gguf' in the
+    Hugging Face cache; 'papin providers' lists them). Several MODELs (quantizations of one
+    model) are compared and the best one that fits is named.
     """
     from pathlib import Path
 
@@ -218,9 +220,10 @@ def fit(models: tuple[str, ...], context: int | None, as_json: bool) -> None:
     from papin.llm.fit import assess_fit, best_fit
     from papin.llm.platform import detect_hardware
 
-    models_dir = LLMConfig.load().settings_for("llamacpp").get("models_dir")
+    config = LLMConfig.load()
+    models_dir = config.settings_for("llamacpp").get("models_dir")
     root = Path(str(models_dir)).expanduser() if models_dir else None
-    found = [find_model_info(m, models_dir=root) for m in models]
+    found = [find_model_info(m, models_dir=root, model_dirs=config.discovery.model_dirs) for m in models]
     hardware = detect_hardware(include_llama=False)
     if hardware.has_gpu:
         hardware = detect_hardware()  # notes whether llama-cpp-python can use the GPU

@@ -4,7 +4,7 @@ id, the packaged default), or described without a file (parameters, quantization
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,9 @@ def _from_package(model_id: str) -> GGUFInfo | None:
     return read_gguf_info(parts[0], display_name=f"the packaged model '{model_id}'", total_size=total)
 
 
-def find_model_info(reference: str, *, models_dir: Path | None = None) -> tuple[str, GGUFInfo]:
+def find_model_info(
+    reference: str, *, models_dir: Path | None = None, model_dirs: Sequence[str | Path] = ()
+) -> tuple[str, GGUFInfo]:
     """(where it came from, metadata) of ``reference``: a GGUF file's path, a model id in
     papin's model store (its tensor sizes read again from the file for an old record), or the
     packaged default model (read from its package, not installed).
@@ -60,9 +62,7 @@ def find_model_info(reference: str, *, models_dir: Path | None = None) -> tuple[
     """
     text = reference.strip()
     path = Path(text).expanduser()
-    if path.exists() or _looks_like_path(text):
-        if not path.exists():
-            raise InvalidModelFileError(f"No such model file: {path}.")
+    if path.exists():
         return str(path), read_gguf_info(path)
     from papin.llm.store import ModelStore
     from papin.llm.tuning import with_layer_sizes
@@ -74,11 +74,29 @@ def find_model_info(reference: str, *, models_dir: Path | None = None) -> tuple[
     packaged = _from_package(text)
     if packaged is not None:
         return f"package:{text}", packaged
+    on_disk = _from_disk(text, model_dirs)
+    if on_disk is not None:
+        return on_disk
+    if _looks_like_path(text) and not text.lower().startswith("hf:"):
+        raise InvalidModelFileError(f"No such model file: {path}.")
     raise ModelNotFoundError(
-        f"'{reference}' is neither a GGUF file nor a model in papin's model store ({store.root}). "
-        "Give the path of a .gguf file, or a model id from 'papin --provider llamacpp models list'.",
+        f"'{reference}' is neither a GGUF file, a model in papin's model store ({store.root}), nor "
+        "a model file found on disk ('papin providers' lists them). Give the path of a .gguf "
+        "file, or a model id from 'papin --provider llamacpp models list'.",
         model=reference,
     )
+
+
+def _from_disk(name: str, model_dirs: Sequence[str | Path]) -> tuple[str, GGUFInfo] | None:
+    """A model file discovery finds on disk under ``name`` (an Ollama name such as
+    ``llama3.2:1b``, ``OWNER/REPO/FILE.gguf`` in the Hugging Face cache...)."""
+    from papin.llm._discovery_local import find_model_file, scan_model_files
+    from papin.llm.tuning import with_layer_sizes
+
+    found = find_model_file(name, scan_model_files(extra_dirs=model_dirs))
+    if found is None or found.info is None:
+        return None
+    return str(found.path), with_layer_sizes(found.info, found.path)
 
 
 # -- models described by metadata -----------------------------------------------------------------
