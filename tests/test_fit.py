@@ -307,7 +307,8 @@ def test_cli_fit_a_model_file_found_on_disk(tmp_path: Path, monkeypatch: pytest.
     data = json.loads(papin("models", "fit", "llama3.2:1b", "--json").stdout)
     (model,) = data["models"]
     assert model["source"] == str(blob) and model["verdict"] in ("gpu", "partial", "cpu")
-    hf = Path(os.environ["HOME"]) / ".cache" / "huggingface" / "hub" / "models--me--tiny-GGUF" / "snapshots" / "r1"
+    hub = Path(os.environ["HOME"]) / ".cache" / "huggingface" / "hub"
+    hf = hub / "models--me--tiny-GGUF" / "snapshots" / "r1"
     write_gguf(hf / "tiny-Q4_K_M.gguf")
     result = papin("models", "fit", "me/tiny-GGUF/tiny-Q4_K_M.gguf")
     assert result.exit_code == 0, result.output
