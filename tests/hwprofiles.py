@@ -23,6 +23,7 @@ __all__ = [
     "GIB",
     "MIB",
     "apple_m2_16gb",
+    "big_model",
     "container_4gb",
     "gemma_like",
     "hardware",
@@ -155,6 +156,27 @@ def llama8b_q4() -> GGUFInfo:
         layer_bytes=(128 * MIB,) * 32,
         output_bytes=256 * MIB,
         other_bytes=512 * MIB,
+    )
+
+
+def big_model() -> GGUFInfo:
+    """48 layers of 256 MiB, 1 GiB outside them (512 MiB output head), 8 KV heads x (128 + 128):
+    192 KiB of KV cache per token, 4 KiB per layer per token."""
+    return GGUFInfo(
+        architecture="llama",
+        name="Big",
+        block_count=48,
+        head_count=32,
+        head_count_kv=8,
+        key_length=128,
+        value_length=128,
+        embedding_length=4096,
+        context_length=32768,
+        vocab_size=131072,
+        layer_bytes=(256 * MIB,) * 48,
+        output_bytes=512 * MIB,
+        other_bytes=1024 * MIB,
+        file_size=13312 * MIB,
     )
 
 

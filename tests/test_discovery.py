@@ -31,6 +31,8 @@ from papin.llm.discovery import (
     reset_discovery,
 )
 from papin.llm.errors import ConfigurationError
+from papin.llm.wire.ollama import parse_host
+from tests.contract.backends import closed_port_url
 from tests.fakes.llama_server import FakeLlamaServer
 from tests.fakes.lmstudio import FakeLMStudio
 from tests.fakes.localai import FakeLocalAI
@@ -38,12 +40,6 @@ from tests.fakes.ollama import FakeOllama
 from tests.fakes.ollama_models import FakeLoadedModel
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.vllm import FakeVLLM
-
-
-def dead_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 class SilentServer:
@@ -87,16 +83,16 @@ def discovery(*urls: str, **kw: Any) -> Discovery:
     return Discovery(candidates=list(urls), default_dirs=False, **kw)
 
 
-def reply(status: int | None, body: Any = b"", ctype: str = "application/json") -> Reply:
+def reply(status: int | None, body: Any = b"") -> Reply:
     data = (
         body
         if isinstance(body, bytes)
         else (body.encode() if isinstance(body, str) else json.dumps(body).encode())
     )
-    return Reply(status, data, ctype)
+    return Reply(status, data)
 
 
-NOT_FOUND = reply(404, "404 page not found", "text/plain")
+NOT_FOUND = reply(404, "404 page not found")
 
 
 # -- candidates -------------------------------------------------------------------------------------
@@ -160,7 +156,7 @@ def test_parse_candidate_forms_and_errors() -> None:
 def test_next_paths_asks_root_first_then_by_what_answered() -> None:
     assert next_paths({}) == ("/",)
     assert next_paths({"/": Reply(None, error="connection refused")}) == ()
-    ollama = {"/": reply(200, "Ollama is running", "text/plain")}
+    ollama = {"/": reply(200, "Ollama is running")}
     assert next_paths(ollama) == ("/api/version", "/api/tags", "/api/ps", "/readyz")
     # LocalAI imitating Ollama's root: its /readyz gives it away; then LocalAI's own routes.
     localai = {**ollama, "/readyz": reply(200, b"")}
@@ -170,7 +166,7 @@ def test_next_paths_asks_root_first_then_by_what_answered() -> None:
 
 def test_identify_each_backend() -> None:
     ollama = identify({
-        "/": reply(200, "Ollama is running", "text/plain"), "/readyz": NOT_FOUND,
+        "/": reply(200, "Ollama is running"), "/readyz": NOT_FOUND,
         "/api/version": reply(200, {"version": "0.12.6"}),
         "/api/tags": reply(200, {"models": [{"name": "llama3.2:latest"}, {"name": "qwen2.5:7b"}]}),
         "/api/ps": reply(200, {"models": [{"name": "qwen2.5:7b", "size_vram": 4_000_000_000}]}),
@@ -235,7 +231,7 @@ def test_identify_each_backend() -> None:
     keyed = identify({**base, "/v1/models": reply(401, {"error": "Unauthorized"})})
     assert keyed is not None and keyed.provider == "openai_compatible" and keyed.details["auth"] == "required"
     # A web server that is not an LLM server.
-    assert identify({**base, "/": reply(200, "<html>hello</html>", "text/html")}) is None
+    assert identify({**base, "/": reply(200, "<html>hello</html>")}) is None
     assert identify({"/": Reply(None, error="connection refused")}) is None
 
 
@@ -279,7 +275,7 @@ async def test_loading_and_starting_states_are_reported() -> None:
 
 
 async def test_nothing_running_is_fast_and_named_addresses_are_reported() -> None:
-    urls = [dead_url() for _ in range(6)]
+    urls = [closed_port_url() for _ in range(6)]
     started = time.perf_counter()
     result = await discovery(*urls).discover(files=False, installed=False)
     assert time.perf_counter() - started < 0.5
@@ -449,3 +445,15 @@ def test_discovery_is_usable_from_several_threads_and_sync_code(monkeypatch: pyt
         result = discover_sync(files=False, installed=False)
         assert [b.address for b in result.backends] == [ollama.url]
     reset_discovery()
+
+
+def test_malformed_addresses_in_the_environment() -> None:
+    """A backend's own variable that cannot be parsed is skipped (the backend would refuse it
+    too); papin's own override says what is wrong, naming the variable."""
+    bad = {"LOCALAI_ADDRESS": "[::1", "LLAMA_ARG_HOST": "[::1", "OPENAI_BASE_URL": "http://[::1"}
+    assert env_candidates({**bad, "OLLAMA_HOST": "http://[::1"}) == []
+    assert [c.url for c in env_candidates({**bad, "OLLAMA_HOST": "127.0.0.1:5"})] == ["http://127.0.0.1:5"]
+    with pytest.raises(ConfigurationError, match="PAPIN_DISCOVERY_CANDIDATES: Invalid address"):
+        default_candidates({"PAPIN_DISCOVERY_CANDIDATES": "http://[::1"})
+    with pytest.raises(ConfigurationError, match="Invalid Ollama host"):
+        parse_host("http://[::1")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 from click.testing import CliRunner, Result
 
 from papin.cli.main import cli
 from papin.llm.discovery import reset_discovery
+from tests.contract.backends import closed_port_url
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.vllm import FakeVLLM
 from tests.test_discovery_local import ollama_model
@@ -20,12 +20,6 @@ from tests.test_discovery_local import ollama_model
 def papin(*args: str, env: dict[str, str]) -> Result:
     reset_discovery()
     return CliRunner().invoke(cli, list(args), env={"COLUMNS": "250", **env}, catch_exceptions=False)
-
-
-def dead_url() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_providers_json_lists_servers_files_and_the_choice() -> None:
@@ -52,7 +46,7 @@ def test_providers_json_lists_servers_files_and_the_choice() -> None:
 def test_providers_text_shows_each_part() -> None:
     ollama_model(Path(os.environ["HOME"]) / ".ollama" / "models", "llama3.2", "1b")
     with FakeOllama(models=["llama3.2:1b", "qwen2.5:7b"]) as ollama:
-        env = {"PAPIN_DISCOVERY_CANDIDATES": f"{ollama.url},{dead_url()}"}
+        env = {"PAPIN_DISCOVERY_CANDIDATES": f"{ollama.url},{closed_port_url()}"}
         result = papin("--model", "llama3.2:1b", "providers", env=env)
     assert result.exit_code == 0, result.output
     out = result.stdout
@@ -67,8 +61,8 @@ def test_providers_text_shows_each_part() -> None:
 
 
 def test_providers_with_nothing_running() -> None:
-    env = {"PAPIN_DISCOVERY_CANDIDATES": dead_url(), "PAPIN_PROVIDER": "ollama", "OLLAMA_HOST": dead_url(),
-           "PAPIN_AUTO_DISCOVER": "0"}  # fmt: skip
+    env = {"PAPIN_DISCOVERY_CANDIDATES": closed_port_url(), "PAPIN_PROVIDER": "ollama",
+           "OLLAMA_HOST": closed_port_url(), "PAPIN_AUTO_DISCOVER": "0"}  # fmt: skip
     result = papin("providers", env=env)
     assert result.exit_code == 0, result.output
     # OLLAMA_HOST names an address, so it is listed with why it did not answer.

@@ -290,6 +290,14 @@ def test_executables_on_path_with_bounded_version_runs(tmp_path: Path) -> None:
     assert all(e.version is None for e in quick)
 
 
+def test_a_version_run_that_leaves_a_child_holding_its_output_is_cut_short(tmp_path: Path) -> None:
+    script(tmp_path, "local-ai", "(sleep 30; echo late) & sleep 30")  # the whole group is killed
+    started = time.perf_counter()
+    found = {e.name: e for e in find_executables(path=str(tmp_path), timeout=0.3)}
+    assert time.perf_counter() - started < 5.0
+    assert found["local-ai"].version is None
+
+
 def test_packages_are_found_without_importing_them() -> None:
     import sys
 

@@ -28,6 +28,7 @@ from tests.hwprofiles import (
     GIB,
     MIB,
     apple_m2_16gb,
+    big_model,
     container_4gb,
     gemma_like,
     hardware,
@@ -36,7 +37,6 @@ from tests.hwprofiles import (
     small_cpu_4gb,
     workstation_8gb_gpu,
 )
-from tests.test_tuning import big_model
 
 pytestmark = pytest.mark.timeout(60)
 

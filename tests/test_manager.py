@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,18 +28,12 @@ from papin.llm import (
 from papin.llm.discovery import Discovery
 from papin.llm.factory import ProviderFactory
 from papin.llm.provider import Provider
+from tests.contract.backends import closed_port_url
 from tests.fakes.llama_server import FakeLlamaServer
 from tests.fakes.memory import MemoryProvider
 from tests.fakes.ollama import FakeOllama
 from tests.fakes.ollama_models import FakeLoadedModel
 from tests.fakes.vllm import FakeVLLM
-
-
-def dead_url() -> str:
-    """The URL of a local port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -177,7 +170,7 @@ async def test_a_discovered_server_is_used_at_its_address(
     factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with FakeOllama(models=["llama3.2:latest"]) as ollama:
-        async with auto(factory, monkeypatch, dead_url(), ollama.url) as m:
+        async with auto(factory, monkeypatch, closed_port_url(), ollama.url) as m:
             choice = m.provider_choice
             assert choice is not None and choice.provider == "ollama"
             assert choice.status.endpoint == ollama.url and m.current_provider.endpoint == ollama.url  # type: ignore[attr-defined]
@@ -194,7 +187,7 @@ async def test_the_configured_kind_found_elsewhere_is_preferred(
 ) -> None:
     with FakeOllama(models=["a:latest"]) as ollama, FakeVLLM() as vllm:
         m = auto(factory, monkeypatch, vllm.url, ollama.url, provider_type="ollama",
-                 provider_config={"endpoint": dead_url()})  # fmt: skip
+                 provider_config={"endpoint": closed_port_url()})  # fmt: skip
         async with m:
             choice = m.provider_choice
             assert choice is not None and choice.provider == "ollama" and choice.status.endpoint == ollama.url
@@ -234,7 +227,7 @@ async def test_a_server_that_is_not_usable_is_skipped_with_its_reason(
 ) -> None:
     with FakeLlamaServer() as llama:
         llama.loading = True
-        async with auto(factory, monkeypatch, llama.url, dead_url()) as m:
+        async with auto(factory, monkeypatch, llama.url, closed_port_url()) as m:
             choice = m.provider_choice
             assert choice is not None and choice.provider == "memory_backup"
             assert [s.provider for s in choice.tried] == ["llamacpp_server"]
@@ -245,7 +238,7 @@ async def test_a_server_that_is_not_usable_is_skipped_with_its_reason(
 async def test_nothing_running_falls_back_to_the_embedded_provider(
     factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with auto(factory, monkeypatch, dead_url(), dead_url()) as m:
+    async with auto(factory, monkeypatch, closed_port_url(), closed_port_url()) as m:
         choice = m.provider_choice
         assert choice is not None and choice.provider == "memory_backup"
         assert choice.reason == (
@@ -257,7 +250,7 @@ async def test_nothing_running_falls_back_to_the_embedded_provider(
 async def test_nothing_available_says_what_discovery_did(
     factory: ProviderFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    m = auto(factory, monkeypatch, dead_url(), provider_config={})
+    m = auto(factory, monkeypatch, closed_port_url(), provider_config={})
     monkeypatch.setattr(m.config, "providers", {"memory_backup": {"available": False}})
     with pytest.raises(ProviderUnavailableError, match="discovery probed 1 addresses and found 0 running"):
         await m.initialize()

@@ -298,6 +298,17 @@ def test_importing_migration_loads_no_yaml_and_papin_llm_no_migration() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_nothing_legacy_costs_no_config_read_and_no_store_import(tmp_path: Path) -> None:
+    """The automatic run at every start: with no legacy directory, papin's own store is never
+    worked out (no config file read, no ``papin.llm.store`` import)."""
+    code = (
+        "import sys; from papin.llm.migration import maybe_auto_migrate; "
+        "assert maybe_auto_migrate() is None; "
+        "assert 'papin.llm.store' not in sys.modules, 'store'; assert 'asyncio' not in sys.modules, 'asyncio'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=tmp_path)
+
+
 def test_an_unrelated_file_at_a_legacy_path_is_skipped(tree: LegacyTree) -> None:
     tree.write("work/config/llm.json", json.dumps({"theme": "dark", "endpoint": "x"}))  # another program's
     found = tree.detect()

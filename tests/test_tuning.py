@@ -33,6 +33,7 @@ from tests.hwprofiles import (
     GIB,
     MIB,
     apple_m2_16gb,
+    big_model,
     container_4gb,
     gemma_like,
     hardware,
@@ -43,27 +44,6 @@ from tests.hwprofiles import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def big_model() -> GGUFInfo:
-    """48 layers of 256 MiB, 1 GiB outside them (512 MiB output head), 8 KV heads x (128 + 128):
-    192 KiB of KV cache per token, 4 KiB per layer per token."""
-    return GGUFInfo(
-        architecture="llama",
-        name="Big",
-        block_count=48,
-        head_count=32,
-        head_count_kv=8,
-        key_length=128,
-        value_length=128,
-        embedding_length=4096,
-        context_length=32768,
-        vocab_size=131072,
-        layer_bytes=(256 * MIB,) * 48,
-        output_bytes=512 * MIB,
-        other_bytes=1024 * MIB,
-        file_size=13312 * MIB,
-    )
 
 
 @pytest.fixture(autouse=True)
@@ -447,7 +427,10 @@ def test_embedded_load_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     s = provider._load_settings(model, None)
     assert (s.n_ctx, s.n_batch, s.n_gpu_layers, s.use_mlock) == (4096, 512, 0, False)
     assert s.n_threads == max((os.cpu_count() or 2) // 2, 1)
-    described = provider.describe_load_settings(model)
+    from papin.llm._tuning_backends import resolve_settings
+    from papin.llm.providers.llamacpp import user_load_settings
+
+    described = resolve_settings(model.info, model.path, user_load_settings(provider.config), optimize=False)
     assert described.reasons["gpu_layers"].startswith("optimisations are off")
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from papin.llm._format import human_bytes
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -118,22 +120,6 @@ def mask_secrets(data: Any) -> Any:
 def _mask(value: Any) -> str:
     text = str(value)
     return "****" + text[-4:] if len(text) >= 12 else "****"
-
-
-def human_bytes(value: float | None) -> str:
-    """Bytes in decimal units, as Ollama shows them.
-
-    >>> human_bytes(2_019_393_189), human_bytes(512), human_bytes(None)
-    ('2.0 GB', '512 B', '-')
-    """
-    if value is None:
-        return "-"
-    size = float(value)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(size) < 1000 or unit == "TB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def human_duration(seconds: float | None) -> str:

@@ -147,14 +147,12 @@ def migrate(
     import papin.llm.migration as migration
 
     if show_status or opt_out:
-        if opt_out:
-            migration.opt_out()
-            if not as_json:
-                click.echo(
-                    f"Automatic migration turned off (recorded in {migration.state_path()}); "
-                    "'papin config migrate' still migrates when asked."
-                )
-        state = migration.migration_status()
+        state = migration.opt_out() if opt_out else migration.migration_status()
+        if opt_out and not as_json:
+            click.echo(
+                f"Automatic migration turned off (recorded in {migration.state_path()}); "
+                "'papin config migrate' still migrates when asked."
+            )
         if as_json:
             echo_json(
                 {"state_file": str(migration.state_path()), "state": state.to_dict() if state else None}
@@ -187,26 +185,20 @@ def _value(value: Any) -> str:
     return json.dumps(mask_secrets({"v": value})["v"], ensure_ascii=False)
 
 
+_HEADS = {"dry_run": ("Would change", "Would register"), "completed": ("Changed", "Registered")}
+
+
 def _print_report(plan: MigrationPlan, report: MigrationReport) -> None:
-    dry = report.status == "dry_run"
+    changed, registered = _HEADS.get(report.status, ("Planned changes", "Planned to register"))
     det = plan.detection
     if det.config_source:
         click.echo(f"Legacy configuration: {det.config_source} ({det.config_format})")
     if plan.changes:
-        click.echo(
-            "Would change:" if dry else "Changed:" if report.status == "completed" else "Planned changes:"
-        )
+        click.echo(f"{changed}:")
         for c in plan.changes:
             click.echo(f"  {c.key}: {_value(c.old)} -> {_value(c.new)}  (from legacy {c.source})")
     if plan.to_register:
-        head = (
-            "Would register"
-            if dry
-            else "Registered"
-            if report.status == "completed"
-            else "Planned to register"
-        )
-        click.echo(f"{head} in the model store {plan.store_root} (in place, not copied):")
+        click.echo(f"{registered} in the model store {plan.store_root} (in place, not copied):")
         for m in plan.to_register:
             click.echo(f"  {m.model_id}: {m.path} ({human_bytes(m.size_bytes)})")
     for m in plan.models:
@@ -222,7 +214,7 @@ def _print_report(plan: MigrationPlan, report: MigrationReport) -> None:
         click.echo(f"Error: {report.summary()}", err=True)
         return
     click.echo(report.summary())
-    if dry and not plan.nothing_to_do:
+    if report.status == "dry_run" and not plan.nothing_to_do:
         click.echo("Nothing was written (dry run). Run 'papin config migrate' to apply.")
 
 

@@ -94,32 +94,43 @@ def _gather(state: CliState, model: str | None, refresh: bool) -> _Report:
 
 
 def _model_part(report: _Report) -> None:
+    """The model's metadata, the load settings the embedded provider would use for it (the
+    same :func:`~papin.llm._tuning_backends.resolve_settings` call), and its fit."""
     from pathlib import Path
 
     from papin.llm._fit_models import find_model_info
+    from papin.llm._tuning_backends import resolve_settings
     from papin.llm.errors import ProviderError
+    from papin.llm.factory import get_provider_factory
     from papin.llm.fit import assess_fit
-    from papin.llm.tuning import merge_user, plain_settings, tune
+    from papin.llm.providers.llamacpp import LlamaCppConfig, user_load_settings
 
-    settings = report.config.settings_for("llamacpp")
-    models_dir = settings.get("models_dir")
     try:
-        root = Path(str(models_dir)).expanduser() if models_dir else None
+        config = get_provider_factory().make_config("llamacpp", report.config.settings_for("llamacpp"))
+    except ProviderError as exc:
+        report.problems.append(f"llamacpp settings: {one_line(str(exc))} (the defaults are shown)")
+        config = LlamaCppConfig()
+    assert isinstance(config, LlamaCppConfig)
+    root = Path(config.models_dir).expanduser() if config.models_dir else None
+    path: Path | None = None
+    try:
         report.model_source, report.model_info = find_model_info(
             report.model, models_dir=root, model_dirs=report.config.discovery.model_dirs
         )
+        path = Path(report.model_source) if Path(report.model_source).is_file() else None
     except ProviderError as exc:
         report.problems.append(f"model '{report.model}': {one_line(str(exc))}")
-    info = report.model_info
-    gpu_offload = report.hardware.llama.gpu_offload
-    tuned = (
-        tune(report.hardware, info, gpu_offload=gpu_offload)
-        if report.config.enable_optimizations and settings.get("optimize", True)
-        else plain_settings(info)
+    hw = report.hardware
+    report.tuned = resolve_settings(
+        report.model_info,
+        path,
+        user_load_settings(config),
+        optimize=config.optimize,
+        gpu_offload=hw.llama.gpu_offload,
+        hardware=hw,
     )
-    report.tuned = merge_user(settings, tuned)
-    if info is not None:
-        report.fit = assess_fit(info, report.hardware, context_size=settings.get("context_size"))
+    if report.model_info is not None:
+        report.fit = assess_fit(report.model_info, hw, context_size=config.context_size)
 
 
 def _provider_part(report: _Report, state: CliState, refresh: bool) -> None:
@@ -128,6 +139,7 @@ def _provider_part(report: _Report, state: CliState, refresh: bool) -> None:
 
     try:
         with open_manager(state) as llm:
+            report.discovery = llm.discover(refresh=refresh)  # first: the choice reuses it
             try:
                 llm.initialize()
             except ProviderError as exc:
@@ -136,7 +148,6 @@ def _provider_part(report: _Report, state: CliState, refresh: bool) -> None:
             if choice is not None:
                 report.chosen, report.reason = choice.provider, choice.reason
                 report.endpoint = choice.status.endpoint
-            report.discovery = llm.discover(refresh=refresh)
     except ProviderError as exc:
         report.problems.append(f"provider: {one_line(str(exc))}")
 
@@ -304,10 +315,6 @@ def _print_tuning(r: _Report) -> None:
         click.echo(f"  optimisations: {state}")
         _rows([(line.setting, f"{line.value}: {line.reason}") for line in r.tuned.describe()])
     if r.fit is not None:
-        verdicts = {
-            "gpu": "fits on the GPU",
-            "partial": "fits with partial GPU offload",
-            "cpu": "fits on the CPU only",
-            "no_fit": "does not fit",
-        }
-        click.echo(f"  Fit: {verdicts.get(r.fit.verdict, r.fit.verdict)}: {r.fit.summary}")
+        from papin.cli.models import VERDICTS
+
+        click.echo(f"  Fit: {VERDICTS[r.fit.verdict]}: {r.fit.summary}")

@@ -255,6 +255,15 @@ def fit(models: tuple[str, ...], context: int | None, as_json: bool) -> None:
         click.echo(f"\nBest: {choice} ({best.reason})." if choice else f"\nNone fits: {best.reason}.")
 
 
+#: How a fit verdict reads (``papin models fit``, ``papin doctor``).
+VERDICTS = {
+    "gpu": "fits on the GPU",
+    "partial": "fits with partial GPU offload",
+    "cpu": "fits on the CPU only",
+    "no_fit": "does not fit",
+}
+
+
 def _hardware_summary(hardware: HardwareInfo) -> dict[str, object]:
     return {
         "cpu": hardware.cpu.model,
@@ -282,13 +291,7 @@ def _hardware_line(hardware: HardwareInfo) -> str:
 
 
 def _print_fit(source: str, report: FitReport, *, several: bool) -> None:
-    verdicts = {
-        "gpu": "fits on the GPU",
-        "partial": "fits with partial offload",
-        "cpu": "fits on the CPU only",
-        "no_fit": "does not fit",
-    }
-    click.echo(f"\n{source}: {report.model}: {verdicts[report.verdict].upper()}")
+    click.echo(f"\n{source}: {report.model}: {VERDICTS[report.verdict].upper()}")
     click.echo(f"  {report.summary}")
     table = _table("", "")
     table.show_header = False

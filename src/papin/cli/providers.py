@@ -35,6 +35,7 @@ def providers(state: CliState, as_json: bool, refresh: bool) -> None:
     from papin.cli._common import open_manager
 
     with open_manager(state) as llm:
+        found = llm.discover(refresh=refresh)  # first: the choice below reuses this result
         statuses = llm.get_available_providers()
         chosen: str | None = None
         reason: str | None = None
@@ -47,7 +48,6 @@ def providers(state: CliState, as_json: bool, refresh: bool) -> None:
         if choice is not None:
             chosen, reason = choice.provider, choice.reason
         configured = llm.manager.config.provider_type
-        found = llm.discover(refresh=refresh)
     if choice is not None and chosen in statuses:
         statuses[choice.provider] = choice.status  # where it is used (discovery may have moved it)
 

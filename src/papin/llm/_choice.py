@@ -15,7 +15,6 @@ nothing heavy at import time (discovery and hardware detection are imported when
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -80,20 +79,9 @@ class ProviderChoice:
         }
 
 
-def embedded_can_use_gpu(hardware: Any) -> bool:
-    """Whether the hardware report shows a GPU that the installed llama.cpp can offload to
-    (``has_gpu`` and ``llama.gpu_offload`` of :class:`papin.llm.platform.HardwareInfo`)."""
-    llama = getattr(hardware, "llama", None)
-    return bool(getattr(hardware, "has_gpu", False)) and bool(getattr(llama, "gpu_offload", False))
-
-
-def _detect_hardware() -> HardwareInfo | None:
-    from papin.llm.platform import detect_hardware
-
-    try:
-        return detect_hardware(include_llama=True)
-    except Exception:  # pragma: no cover - detection never raises; never decide by failing
-        return None
+def embedded_can_use_gpu(hardware: HardwareInfo) -> bool:
+    """Whether the hardware report shows a GPU that the installed llama.cpp can offload to."""
+    return hardware.has_gpu and hardware.llama.gpu_offload
 
 
 def _unavailable(
@@ -122,14 +110,15 @@ async def choose_provider(
     factory: ProviderFactory,
     *,
     discovery: Callable[[], Discovery],
-    hardware: Callable[[], Awaitable[Any]] | None = None,
+    hardware: Callable[[], Awaitable[HardwareInfo]],
     fallbacks: Sequence[str] = ("llamacpp",),
     no_discovery_order: Sequence[str] = ("ollama", "llamacpp"),
 ) -> tuple[ProviderChoice, Provider]:
     """Choose and create the provider (see the module docstring); the caller owns it.
 
     ``discovery`` returns the :class:`~papin.llm.discovery.Discovery` to use; ``hardware``
-    returns the hardware report when the rule needs it (default: detected).
+    returns the hardware report (:func:`papin.llm.platform.detect_hardware`'s) when the rule
+    needs it.
 
     Raises:
         ProviderUnavailableError: nothing is available; the message lists why, per provider.
@@ -160,8 +149,7 @@ async def choose_provider(
     result = await discovery().discover(servers=True, files=False, installed=False)
     embedded_gpu: bool | None = None
     if hardware_matters(result):
-        report = await hardware() if hardware is not None else await asyncio.to_thread(_detect_hardware)
-        embedded_gpu = embedded_can_use_gpu(report)
+        embedded_gpu = embedded_can_use_gpu(await hardware())
     for named in result.backends:  # addresses the user named (OLLAMA_HOST...) that are down
         if named.health == "error" and named.provider != configured:
             tried.append(ProviderStatus(named.provider, False, named.address, named.version,

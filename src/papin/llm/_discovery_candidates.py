@@ -10,12 +10,14 @@ still probed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from papin.llm.errors import ConfigurationError
 from papin.llm.wire.hosts import connectable_host
 
 __all__ = [
@@ -67,21 +69,30 @@ class Candidate:
     explicit: bool = False
 
 
-def _normal_url(url: str) -> str:
-    """``url`` with a scheme, loopback for bind-all hosts, and no trailing slash.
+def _normal_url(url: str, default_port: int | None = None) -> str:
+    """``url`` with a scheme (``http`` when it has none, and then ``default_port`` when it
+    names no port), loopback for bind-all or missing hosts, and no trailing slash.
 
-    >>> _normal_url("0.0.0.0:8080"), _normal_url("http://localhost:1234/")
-    ('http://127.0.0.1:8080', 'http://localhost:1234')
+    >>> _normal_url("0.0.0.0:8080"), _normal_url("http://localhost:1234/"), _normal_url(":9", 80)
+    ('http://127.0.0.1:8080', 'http://localhost:1234', 'http://127.0.0.1:9')
+    >>> _normal_url("[::1]", 8080)
+    'http://[::1]:8080'
     """
     url = url.strip()
-    if "://" not in url:
+    if "://" in url:
+        default_port = None
+    else:
         url = "http://" + url
-    parts = urlsplit(url)
-    host = connectable_host(parts.hostname or "127.0.0.1")
     try:
-        port = parts.port
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as exc:  # "http://[::1" and the like
+        raise ConfigurationError(f"Invalid address {url!r}: {exc}.") from None
+    host = connectable_host(hostname or "127.0.0.1")
+    try:
+        port = parts.port or default_port
     except ValueError:
-        port = None
+        port = default_port
     netloc = f"{host}:{port}" if port else host
     return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
 
@@ -112,18 +123,12 @@ def parse_candidate(
         head, sep, rest = text.partition("=")
         url, hint = (rest, head.strip().lower()) if sep and "://" not in head else (text, None)
     if hint is not None and hint not in PROVIDER_NAMES:
-        from papin.llm.errors import ConfigurationError
-
         raise ConfigurationError(
             f"Unknown provider {hint!r} for discovery endpoint {url!r}; use one of "
             f"{', '.join(PROVIDER_NAMES)}."
         )
     if not url.strip():
-        from papin.llm.errors import ConfigurationError
-
         raise ConfigurationError(f"Empty URL in discovery endpoint {entry!r}.")
-    if url.strip().startswith(":"):
-        url = "127.0.0.1" + url.strip()
     return Candidate(_normal_url(url), hint, source, explicit=explicit)
 
 
@@ -144,21 +149,6 @@ def _is_local_host(host: str) -> bool:
     return address.is_loopback or address.is_private or address.is_link_local
 
 
-def _host_port(value: str, default_port: int) -> str:
-    """``host:port`` forms (``:8080``, ``0.0.0.0:8080``, ``host``) as a URL."""
-    value = value.strip()
-    if "://" in value:
-        return _normal_url(value)
-    if value.startswith(":"):
-        value = "127.0.0.1" + value
-    parts = urlsplit("http://" + value)
-    try:
-        port = parts.port or default_port
-    except ValueError:
-        port = default_port
-    return _normal_url(f"{parts.hostname or '127.0.0.1'}:{port}")
-
-
 def env_candidates(env: Mapping[str, str]) -> list[Candidate]:
     """Addresses named by the backends' own environment variables.
 
@@ -174,27 +164,26 @@ def env_candidates(env: Mapping[str, str]) -> list[Candidate]:
     if raw:
         from papin.llm.wire.ollama import parse_host
 
-        try:
+        with contextlib.suppress(ConfigurationError):  # a value Ollama would refuse too
             found.append(Candidate(parse_host(raw), "ollama", "OLLAMA_HOST", True))
-        except Exception:  # an unsupported scheme: nothing to probe
-            pass
     host, port = env.get("LLAMA_ARG_HOST", "").strip(), env.get("LLAMA_ARG_PORT", "").strip()
     if host or port:
-        if not port.isdigit():
-            port = "8080"
-        url = _normal_url(f"{host or '127.0.0.1'}:{port}")
-        found.append(Candidate(url, "llamacpp_server", "LLAMA_ARG_HOST/LLAMA_ARG_PORT", True))
+        with contextlib.suppress(ConfigurationError):
+            url = _normal_url(host, int(port) if port.isdigit() else 8080)
+            found.append(Candidate(url, "llamacpp_server", "LLAMA_ARG_HOST/LLAMA_ARG_PORT", True))
     for var in ("LOCALAI_ADDRESS", "ADDRESS"):
         value = env.get(var, "").strip()
         if value and (":" in value) and " " not in value:
-            found.append(Candidate(_host_port(value, 8080), "localai", var, True))
-            break
+            with contextlib.suppress(ConfigurationError):
+                found.append(Candidate(_normal_url(value, 8080), "localai", var, True))
+                break
     base = env.get("OPENAI_BASE_URL", "").strip()
     if base.lower().startswith(("http://", "https://")):
-        url = _normal_url(base)
-        if _is_local_host(urlsplit(url).hostname or ""):
-            root = url[: -len("/v1")] if url.endswith("/v1") else url
-            found.append(Candidate(root, "openai_compatible", "OPENAI_BASE_URL", True))
+        with contextlib.suppress(ConfigurationError):
+            url = _normal_url(base)
+            if _is_local_host(urlsplit(url).hostname or ""):
+                root = url[: -len("/v1")] if url.endswith("/v1") else url
+                found.append(Candidate(root, "openai_compatible", "OPENAI_BASE_URL", True))
     return found
 
 
@@ -205,7 +194,10 @@ def default_candidates(env: Mapping[str, str] | None = None) -> list[Candidate]:
     override = env.get(CANDIDATES_ENV)
     if override is not None:
         entries = [e for e in override.split(",") if e.strip()]
-        ports = [parse_candidate(e, source=CANDIDATES_ENV, explicit=False) for e in entries]
+        try:
+            ports = [parse_candidate(e, source=CANDIDATES_ENV, explicit=False) for e in entries]
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{CANDIDATES_ENV}: {exc.message}") from None
         return dedupe([*env_candidates(env), *ports])
     return dedupe([*env_candidates(env), *well_known_candidates()])
 

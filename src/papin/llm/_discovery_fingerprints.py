@@ -43,7 +43,6 @@ class Reply:
 
     status: int | None
     body: bytes = b""
-    content_type: str = ""
     error: str | None = None
 
     def json(self) -> Any:
@@ -167,11 +166,12 @@ def _needs_key(reply: Reply | None) -> bool:
 
 def _identify_ollama(r: Mapping[str, Reply]) -> Identification:
     tags, ps = r.get("/api/tags"), r.get("/api/ps")
+    version = _version(r.get("/api/version"))
     details: dict[str, str] = {}
     if _needs_key(tags):
         return Identification(
             "ollama",
-            _version(r.get("/api/version")),
+            version,
             "ready",
             "the model list needs an API key (OLLAMA_API_KEY)",
             details={"auth": "required"},
@@ -188,7 +188,7 @@ def _identify_ollama(r: Mapping[str, Reply]) -> Identification:
         health, reason = "error", f"/api/tags answered {tags.status}: {_error_message(tags)}"
     return Identification(
         "ollama",
-        _version(r.get("/api/version")),
+        version,
         health,
         reason,
         models,
@@ -207,13 +207,8 @@ def _identify_llama_server(r: Mapping[str, Reply]) -> Identification | None:
         "build_info" in body or body.get("role") == "router" or "default_generation_settings" in body
     )
     loading = _is_loading(health) and (_is_loading(props) or props is None or props.status == 404)
-    health_ok = (
-        health is not None
-        and health.ok
-        and isinstance(health.json(), dict)
-        and health.json().get("status") == "ok"
-    )
-    keyed = health_ok and _needs_key(props)
+    health_body = health.json() if health is not None and health.ok else None
+    keyed = isinstance(health_body, dict) and health_body.get("status") == "ok" and _needs_key(props)
     by_owner = any(e.get("owned_by") == "llamacpp" for e in owned)
     if not (is_props or loading or keyed or by_owner):
         return None

@@ -10,14 +10,17 @@ bounded by a timeout (``vllm`` is not run: it imports torch, which takes seconds
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import importlib.metadata
 import importlib.util
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,14 +70,8 @@ class InstalledExecutable:
     source: str = "PATH"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return {
-            "name": self.name,
-            "provider": self.provider,
-            "path": self.path,
-            "version": self.version,
-            "source": self.source,
-        }
+        """A JSON-serialisable dict (the fields, in order)."""
+        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +85,8 @@ class InstalledPackage:
     location: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return {
-            "module": self.module,
-            "distribution": self.distribution,
-            "provider": self.provider,
-            "version": self.version,
-            "location": self.location,
-        }
+        """A JSON-serialisable dict (the fields, in order)."""
+        return asdict(self)
 
 
 # -- executables and packages -------------------------------------------------------------------
@@ -115,18 +106,36 @@ def parse_version(output: str) -> str | None:
 
 
 def _version_of(path: str, args: Sequence[str], timeout: float) -> str | None:
+    """``path ARGS``' version, or ``None``; never longer than about ``timeout`` seconds.
+
+    The program runs in a session of its own, so that on a timeout the whole group is killed:
+    a child it left behind holding the output pipe would otherwise keep reading it open forever.
+    """
+    posix = os.name == "posix"
     try:
-        out = subprocess.run(
+        proc = subprocess.Popen(
             [path, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=posix,
         )
-    except (OSError, subprocess.SubprocessError, ValueError):
+    except (OSError, ValueError):
         return None
-    return parse_version(out.stdout + "\n" + out.stderr)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(OSError):
+            if posix:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=1.0)
+        return None
+    return parse_version(out)
 
 
 def _packaged_llama_server() -> str | None:
@@ -163,17 +172,15 @@ def find_executables(
         return found
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(runnable)) as pool:
         futures = {e.path: pool.submit(_version_of, e.path, _VERSION_ARGS[e.name], timeout) for e in runnable}
-        out = []
-        for e in found:
-            future = futures.get(e.path)
-            version = None
-            if future is not None:
-                try:
-                    version = future.result(timeout + 1.0)
-                except Exception:
-                    version = None
-            out.append(replace(e, version=version))
-    return out
+        by_path = {path: _result(future, timeout + 1.0) for path, future in futures.items()}
+    return [replace(e, version=by_path[e.path]) if e.path in by_path else e for e in found]
+
+
+def _result(future: concurrent.futures.Future[str | None], timeout: float) -> str | None:
+    try:
+        return future.result(timeout)
+    except Exception:  # a version run never decides anything: unknown
+        return None
 
 
 def find_packages() -> list[InstalledPackage]:

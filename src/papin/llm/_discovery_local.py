@@ -144,7 +144,7 @@ _info_lock = threading.Lock()
 
 
 def _describe(path: Path) -> tuple[int, GGUFInfo | None, str | None]:
-    """(size, info, error) of a GGUF, cached by resolved path, size and mtime."""
+    """(size, info, error) of a GGUF, cached by path, size and mtime."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -194,6 +194,7 @@ def _ollama_files(root: Path) -> Iterator[LocalModelFile]:
             if count > _MAX_FILES:
                 return
             name = _ollama_name(host, namespace, model, tag)
+            model_id = _slug(name.replace(":", "-"))
             manifest = Path(dirpath) / tag
             try:
                 data = json.loads(manifest.read_bytes())
@@ -208,14 +209,8 @@ def _ollama_files(root: Path) -> Iterator[LocalModelFile]:
             except StopIteration:
                 continue  # a manifest without weights (a cloud model, an adapter-only one)
             except (OSError, ValueError, TypeError, KeyError) as exc:
-                yield LocalModelFile(
-                    name,
-                    _slug(name.replace(":", "-")),
-                    "ollama",
-                    manifest,
-                    0,
-                    error=f"unreadable Ollama manifest {manifest}: {exc}",
-                )
+                why = f"unreadable Ollama manifest {manifest}: {exc}"
+                yield LocalModelFile(name, model_id, "ollama", manifest, 0, error=why)
                 continue
             blob = root / "blobs" / digest.replace(":", "-", 1)
             size, info, error = _describe(blob)
@@ -223,7 +218,7 @@ def _ollama_files(root: Path) -> Iterator[LocalModelFile]:
                 error = f"Ollama blob {blob} named by {manifest} is missing"
             yield LocalModelFile(
                 name,
-                _slug(name.replace(":", "-")),
+                model_id,
                 "ollama",
                 blob,
                 size,
@@ -273,20 +268,22 @@ def _file_entry(
 ) -> LocalModelFile | None:
     """The listing entry of one GGUF (``None`` for a split model's later parts)."""
     match = _SPLIT.match(path.name)
-    if match is not None and int(match["part"]) != 1:
+    if match is None:
+        base = Path(name).name
+        stem, total = (base[:-5] if base.lower().endswith(".gguf") else base), "00001"
+    elif int(match["part"]) != 1:
         return None
+    else:
+        stem, total = match["stem"], match["total"]
     size, info, error = _describe(path)
-    parts = int(match["total"]) if match is not None else 1
+    parts = int(total)
     for i in range(2, parts + 1):
-        assert match is not None
-        sibling = path.with_name(f"{match['stem']}-{i:05d}-of-{match['total']}.gguf")
+        sibling = path.with_name(f"{stem}-{i:05d}-of-{total}.gguf")
         try:
             size += sibling.stat().st_size
         except OSError:
             info, error = None, error or f"part {i} of {parts} ({sibling.name}) is missing"
-    base = Path(name).name
-    base = match["stem"] if match is not None else (base[:-5] if base.lower().endswith(".gguf") else base)
-    return LocalModelFile(name, _slug(base), source, path, size, info, error, parts, extra or {})
+    return LocalModelFile(name, _slug(stem), source, path, size, info, error, parts, extra or {})
 
 
 def _hf_files(root: Path) -> Iterator[LocalModelFile]:

@@ -10,10 +10,11 @@ nonsense is an outcome like any other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from papin.llm._discovery_candidates import Candidate
@@ -37,23 +38,6 @@ class ProbeOutcome:
     found: Identification | None
     error: str | None
     elapsed: float
-    answered: bool
-
-
-_verified_ssl: Any = None
-
-
-def _ssl_context(candidates: Sequence[Candidate]) -> Any:
-    """A verifying TLS context only when some candidate uses https (creating one reads the CA
-    store, ~20 ms); made once per process."""
-    global _verified_ssl
-    if not any(c.url.startswith("https://") for c in candidates):
-        return False
-    if _verified_ssl is None:
-        import ssl
-
-        _verified_ssl = ssl.create_default_context()
-    return _verified_ssl
 
 
 def make_client(
@@ -63,8 +47,13 @@ def make_client(
     import httpx
     from httpx_aiohttp import AiohttpTransport
 
+    from papin.llm._http import _shared_ssl_context
+
+    # A verifying TLS context (reading the CA store, ~20 ms, shared per process) only for https.
+    https = any(c.url.startswith("https://") for c in candidates)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    transport = AiohttpTransport(verify=_ssl_context(candidates), limits=limits, trust_env=False)
+    verify = _shared_ssl_context(None, True) if https else False
+    transport = AiohttpTransport(verify=verify, limits=limits, trust_env=False)
     timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
     client = httpx.AsyncClient(
         transport=transport,
@@ -80,7 +69,7 @@ def _failure(exc: BaseException) -> str:
     from papin.llm._http import _classify
 
     kind, reason = _classify(exc)
-    return {"refused": "connection refused", "connect_timeout": "connect timed out"}.get(kind, reason)
+    return "connection refused" if kind == "refused" else reason
 
 
 async def _get(client: httpx.AsyncClient, url: str, read_timeout: float, limit: float) -> Reply:
@@ -96,7 +85,7 @@ async def _get(client: httpx.AsyncClient, url: str, read_timeout: float, limit: 
                     if size > _MAX_BODY:
                         break
                     chunks.append(chunk)
-                return Reply(response.status_code, b"".join(chunks), response.headers.get("content-type", ""))
+                return Reply(response.status_code, b"".join(chunks))
     except TimeoutError:
         return Reply(None, error=f"no answer within {limit:g} s")
     except (httpx.ReadTimeout, httpx.PoolTimeout):
@@ -124,26 +113,23 @@ async def probe_one(
                     *(_get(client, candidate.url + p, read_timeout, limit) for p in paths)
                 )
                 replies.update(zip(paths, answers, strict=True))
-    except TimeoutError:
+    except TimeoutError:  # _get never raises: only the overall bound can end the rounds early
         error = f"answered too slowly (over {connect_timeout + 2 * read_timeout:g} s)"
-    except Exception as exc:  # pragma: no cover - defensive: a probe never raises
-        error = f"probe failed: {type(exc).__name__}: {exc}"
     root = replies.get(ROOT)
-    answered = root is not None and root.status is not None
     if root is not None and root.status is None:
         error = root.error
     found = None
-    if answered:
+    if root is not None and root.status is not None:
         try:
             found = identify(replies, candidate.hint)
         except Exception as exc:  # pragma: no cover - defensive: malformed answers
             error = f"unrecognised answers ({type(exc).__name__}: {exc})"
         if found is None and error is None:
             error = "answers HTTP, but not as any known LLM server"
-    return ProbeOutcome(candidate, found, error, time.perf_counter() - started, answered)
+    return ProbeOutcome(candidate, found, error, time.perf_counter() - started)
 
 
-async def port_open(candidate: Candidate, connect_timeout: float) -> ProbeOutcome | None:
+async def _unreachable(candidate: Candidate, connect_timeout: float) -> ProbeOutcome | None:
     """``None`` when something accepts TCP connections at the candidate's address, else the
     outcome saying why not (refused, timed out, unresolvable). Never raises."""
     started = time.perf_counter()
@@ -160,7 +146,7 @@ async def port_open(candidate: Candidate, connect_timeout: float) -> ProbeOutcom
         error = "connection refused"
     except (OSError, ValueError) as exc:
         error = f"cannot connect: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
-    return ProbeOutcome(candidate, None, error, time.perf_counter() - started, False)
+    return ProbeOutcome(candidate, None, error, time.perf_counter() - started)
 
 
 async def probe_all(
@@ -174,7 +160,7 @@ async def probe_all(
     """
     if not candidates:
         return []
-    closed = await asyncio.gather(*(port_open(c, connect_timeout) for c in candidates))
+    closed = await asyncio.gather(*(_unreachable(c, connect_timeout) for c in candidates))
     live = [c for c, outcome in zip(candidates, closed, strict=True) if outcome is None]
     if not live:
         return [outcome for outcome in closed if outcome is not None]
@@ -182,7 +168,7 @@ async def probe_all(
         client = make_client(live, connect_timeout, read_timeout)
     except Exception as exc:  # httpx missing or broken: report, do not raise
         return [
-            o or ProbeOutcome(c, None, f"cannot probe: {exc}", 0.0, False)
+            o or ProbeOutcome(c, None, f"cannot probe: {exc}", 0.0)
             for c, o in zip(candidates, closed, strict=True)
         ]
     try:
@@ -191,7 +177,5 @@ async def probe_all(
         )
         return [outcome if outcome is not None else next(probed) for outcome in closed]
     finally:
-        try:
+        with contextlib.suppress(Exception):  # closing never matters to the result
             await asyncio.shield(client.aclose())
-        except Exception:  # pragma: no cover - closing never matters to the result
-            pass

@@ -43,7 +43,7 @@ def _from_package(model_id: str) -> GGUFInfo | None:
         return None
     try:
         parts, _ = load_package(DEFAULT_PACKAGE)
-    except Exception:
+    except ConfigurationError:  # not installed, or incompletely
         return None
     total = sum(p.stat().st_size for p in parts)
     return read_gguf_info(parts[0], display_name=f"the packaged model '{model_id}'", total_size=total)

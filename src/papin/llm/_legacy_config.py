@@ -213,6 +213,11 @@ def config_format(path: Path) -> str:
 
 
 def decode_document(text: str, fmt: str, where: str) -> Any:
+    """Decode ``text`` as ``fmt`` (``json``, ``toml``; anything else is read as YAML).
+
+    Raises:
+        ConfigurationError: empty or not valid; the message names ``where``.
+    """
     if not text.strip():
         raise ConfigurationError(f"The legacy configuration {where} is empty.")
     if fmt == "json":
@@ -227,10 +232,8 @@ def decode_document(text: str, fmt: str, where: str) -> Any:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"The legacy configuration {where} is not valid TOML: {exc}.") from None
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - PyYAML is a dependency
-        raise ConfigurationError(f"Reading {where} needs PyYAML: pip install PyYAML.") from None
+    import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

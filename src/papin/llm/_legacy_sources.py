@@ -20,6 +20,9 @@ The places and formats are the ones the original looked at (its ``detect_legacy_
    the directory of the legacy ``model_path`` (and ``model_path`` itself when it is a
    directory), and any extra directories given.
 
+Files in papin's own model store are not legacy and are left out; which directories those
+are is worked out (reading papin's config file) only when a model directory or file exists.
+
 Detection never raises and never writes: a file it cannot read is reported with the problem.
 """
 
@@ -31,7 +34,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from papin.llm._legacy_config import (
     FORMATS,
@@ -42,7 +45,11 @@ from papin.llm._legacy_config import (
     parse_legacy_config,
     read_legacy_config_file,
 )
+from papin.llm.config import LLMConfig
 from papin.llm.errors import ConfigurationError, InvalidModelFileError
+
+if TYPE_CHECKING:
+    from papin.llm.store import ModelStore
 
 __all__ = [
     "LEGACY_MODEL_EXTENSIONS",
@@ -50,8 +57,11 @@ __all__ = [
     "LegacyModelFile",
     "RegistryReader",
     "config_candidates",
+    "default_store",
     "detect_legacy",
     "legacy_data_dir",
+    "real_path",
+    "resolve_path",
     "scan_model_dir",
 ]
 
@@ -229,9 +239,53 @@ def scan_model_dir(folder: Path, notes: list[str]) -> list[LegacyModelFile]:
     return found
 
 
-def _resolve(path_text: str, cwd: Path) -> Path:
+def resolve_path(path_text: str, cwd: Path) -> Path:
+    """A path from the legacy configuration: ``~`` expanded, relative to ``cwd``."""
     path = Path(path_text).expanduser()
     return path if path.is_absolute() else cwd / path
+
+
+def real_path(path: Path) -> Path:
+    """``path`` resolved (absolute when it cannot be resolved)."""
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
+
+
+def _missing(path: Path) -> bool:
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False  # there, but unreadable: scanning reports it
+    return False
+
+
+def default_store(config: LLMConfig) -> ModelStore:
+    """The model store the embedded provider uses with ``config``."""
+    from papin.llm.store import ModelStore
+
+    models_dir = config.settings_for("llamacpp").get("models_dir")
+    return ModelStore(Path(str(models_dir)).expanduser() if models_dir else None)
+
+
+def _papin_store_dirs(store_root: Path | None) -> set[Path]:
+    """papin's own model store (``store_root``, default the embedded provider's) and papin's
+    default store directory (on Linux also the legacy ``<data dir>/papin/models``): with
+    ``PAPIN_MODELS_DIR`` pointing elsewhere, the files there are still papin's, from before."""
+    import platformdirs
+
+    if store_root is None:
+        try:
+            store_root = default_store(LLMConfig.from_file()).root
+        except ConfigurationError:
+            from papin.llm.store import ModelStore
+
+            store_root = ModelStore().root
+    default = Path(platformdirs.user_data_dir("papin", appauthor=False)) / "models"
+    return {real_path(store_root), real_path(default)}
 
 
 def _fingerprint(parts: Iterable[str]) -> str:
@@ -252,7 +306,7 @@ def _stamp(path: Path) -> str:
 # -- detection ------------------------------------------------------------------------------
 def detect_legacy(
     *,
-    config_file: Path | None = None,
+    legacy_file: Path | None = None,
     data_dir: Path | None = None,
     home: Path | None = None,
     cwd: Path | None = None,
@@ -260,14 +314,20 @@ def detect_legacy(
     platform: str | None = None,
     environ: Mapping[str, str] | None = None,
     registry_reader: RegistryReader | None = None,
-    skip_dirs: Iterable[Path] = (),
+    store_root: Path | None = None,
 ) -> LegacyDetection:
-    """Look for the legacy configuration and model files where the original looked.
+    """Find the legacy configuration and model files where the original looked (see the
+    module docstring). Never raises; a file that cannot be read is reported in
+    ``config_error``.
 
-    Every argument is injectable for tests; by default the real home, working directory,
-    platform and (on Windows) registry are used. ``config_file`` replaces the search for
-    the configuration (the original's ``legacy_config_path``). Model files in ``skip_dirs``
-    (papin's own model store) are not legacy and are left out. Never raises.
+    ``legacy_file`` replaces the search for the configuration (the original's
+    ``legacy_config_path``). Everything else is injectable for tests (data dir, home, working
+    directory, platform, environment, and a registry reader ``(hive, key, value) -> str |
+    None``); by default the real ones are used. Files in papin's own model store
+    (``store_root``, default the embedded provider's) are not legacy and are left out, and
+    neither are those in papin's default store directory (on Linux that is also the legacy
+    ``<data dir>/papin/models``): with ``PAPIN_MODELS_DIR`` pointing elsewhere, its files are
+    still papin's, from before, not the legacy engine's.
     """
     platform = platform or sys.platform
     environ = os.environ if environ is None else environ
@@ -282,17 +342,17 @@ def detect_legacy(
     config: LegacyConfig | None = None
     stamps: list[str] = []
 
-    if config_file is not None:
-        searched.append(str(config_file))
-        source = str(config_file)
+    if legacy_file is not None:
+        searched.append(str(legacy_file))
+        source = str(legacy_file)
         try:
-            fmt = config_format(config_file)
-            if not config_file.is_file():
-                raise ConfigurationError(f"The legacy configuration {config_file} does not exist.")
-            fmt, config = read_legacy_config_file(config_file)
+            fmt = config_format(legacy_file)
+            if not legacy_file.is_file():
+                raise ConfigurationError(f"The legacy configuration {legacy_file} does not exist.")
+            fmt, config = read_legacy_config_file(legacy_file)
         except ConfigurationError as exc:
             error = exc.message
-        stamps.append(_stamp(config_file))
+        stamps.append(_stamp(legacy_file))
     if source is None and registry_reader is not None and platform.startswith("win"):
         for hive, key in _REGISTRY:
             where = f"registry:{hive}\\{key}\\{_REGISTRY_VALUE}"
@@ -339,32 +399,42 @@ def detect_legacy(
     dirs = [data_dir / "papin" / "models", data_dir / "mcp-client" / "models"]
     model_path: Path | None = None
     if config is not None and config.model_path:
-        model_path = _resolve(config.model_path, cwd)
+        model_path = resolve_path(config.model_path, cwd)
         dirs.append(model_path.parent)
         if model_path.is_dir():
             dirs.append(model_path)
     dirs.extend(Path(d).expanduser() for d in extra_model_dirs)
-    skip = {_real(d) for d in skip_dirs}
+    papins: set[Path] | None = None  # worked out when first needed: it reads papin's config
+
+    def is_papins(folder: Path) -> bool:
+        nonlocal papins
+        if papins is None:
+            papins = _papin_store_dirs(store_root)
+        return folder in papins
+
     seen_dirs: set[Path] = set()
     seen_files: set[Path] = set()
     models: list[LegacyModelFile] = []
     for folder in dirs:
-        real = _real(folder)
+        real = real_path(folder)
         if real in seen_dirs:
             continue
         seen_dirs.add(real)
         searched.append(str(folder))
-        if real in skip:
+        if _missing(real):
+            continue
+        if is_papins(real):
             notes.append(f"{folder} is papin's own model store; its models are already papin's.")
             continue
         for found in scan_model_dir(folder, notes):
-            if _real(found.path) not in seen_files:
-                seen_files.add(_real(found.path))
+            real_file = real_path(found.path)
+            if real_file not in seen_files:
+                seen_files.add(real_file)
                 models.append(found)
                 stamps.append(_stamp(found.path))
     # The file the legacy configuration names, whatever its extension.
-    if model_path is not None and model_path.is_file() and _real(model_path) not in seen_files:
-        if _real(model_path.parent) in skip:
+    if model_path is not None and model_path.is_file() and real_path(model_path) not in seen_files:
+        if is_papins(real_path(model_path.parent)):
             notes.append(f"{model_path} is in papin's own model store.")
         else:
             try:
@@ -385,10 +455,3 @@ def detect_legacy(
         notes=tuple(notes),
         fingerprint=_fingerprint(stamps) if stamps else "",
     )
-
-
-def _real(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()

@@ -34,14 +34,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from papin.llm._legacy_config import LegacyConfig
-from papin.llm._legacy_sources import LegacyDetection, LegacyModelFile
+from papin.llm._legacy_sources import (
+    LegacyDetection,
+    LegacyModelFile,
+    default_store,
+    real_path,
+    resolve_path,
+)
 from papin.llm.config import LLMConfig, config_path
 from papin.llm.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from papin.llm.store import ModelStore
 
-__all__ = ["ConfigChange", "MigrationPlan", "ModelAction", "SkippedItem", "default_store", "plan_migration"]
+__all__ = ["ConfigChange", "MigrationPlan", "ModelAction", "SkippedItem", "plan_migration"]
 
 _LLAMACPP = "llamacpp"
 _OLLAMA = "ollama"
@@ -148,21 +154,6 @@ def _change_dict(change: ConfigChange) -> dict[str, Any]:
     return {"key": change.key, "old": change.old, "new": change.new, "source": change.source}
 
 
-def default_store(config: LLMConfig) -> ModelStore:
-    """The model store the embedded provider uses with ``config``."""
-    from papin.llm.store import ModelStore
-
-    models_dir = config.settings_for(_LLAMACPP).get("models_dir")
-    return ModelStore(Path(str(models_dir)).expanduser() if models_dir else None)
-
-
-def _real(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()
-
-
 def _free_id(wanted: str, taken: set[str]) -> str:
     from papin.llm.store_sources import slug_id
 
@@ -245,7 +236,7 @@ def _choose_models(
     from papin.llm.store_sources import slug_id
 
     existing = store.list()
-    by_path = {_real(m.path): m for m in existing}
+    by_path = {real_path(m.path): m for m in existing}
     taken = {m.id for m in existing} | _names_in(store.root)
     usable: list[LegacyModelFile] = []
     for found in detection.model_files:
@@ -255,15 +246,15 @@ def _choose_models(
             planner.skip(f"model file {found.path}", found.reason or "not usable by papin")
     default_file: LegacyModelFile | None = None
     if legacy is not None and legacy.model_id:
-        named = _real(_resolve(legacy.model_path, cwd)) if legacy.model_path else None
+        named = real_path(resolve_path(legacy.model_path, cwd)) if legacy.model_path else None
         wanted = slug_id(legacy.model_id)
-        default_file = next((f for f in usable if _real(f.path) == named), None) or next(
+        default_file = next((f for f in usable if real_path(f.path) == named), None) or next(
             (f for f in usable if slug_id(f.legacy_id) == wanted), None
         )
     actions: list[ModelAction] = []
     default_id: str | None = None
     for found in usable:
-        record = by_path.get(_real(found.path))
+        record = by_path.get(real_path(found.path))
         if record is not None:
             model_id = record.id
             actions.append(
@@ -284,15 +275,10 @@ def _choose_models(
     if default_id is None and legacy is not None and legacy.model_id and legacy.model_path:
         # The legacy model may already be papin's (on Linux the legacy models directory
         # <data dir>/papin/models is papin's own store).
-        record = by_path.get(_real(_resolve(legacy.model_path, cwd)))
+        record = by_path.get(real_path(resolve_path(legacy.model_path, cwd)))
         if record is not None:
             default_id = record.id
     return actions, default_id
-
-
-def _resolve(path_text: str, cwd: Path) -> Path:
-    path = Path(path_text).expanduser()
-    return path if path.is_absolute() else cwd / path
 
 
 def _map_config(planner: _Planner, legacy: LegacyConfig, default_id: str | None, cwd: Path) -> None:
@@ -331,7 +317,7 @@ def _map_config(planner: _Planner, legacy: LegacyConfig, default_id: str | None,
                 f"with {target} and {model!r}).{hint}",
             )
     if legacy.model_path and target == _LLAMACPP:
-        path = _resolve(legacy.model_path, cwd)
+        path = resolve_path(legacy.model_path, cwd)
         if not path.exists():
             planner.skip("model_path", f"{path} does not exist.")
 

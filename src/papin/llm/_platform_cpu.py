@@ -195,7 +195,6 @@ def _windows_cpu() -> tuple[str | None, frozenset[str]]:  # pragma: no cover - W
 
 def _py_cpuinfo(timeout: float = 3.0) -> tuple[str | None, frozenset[str]] | None:
     """py-cpuinfo's answer, given ``timeout`` seconds (it runs CPUID in a subprocess)."""
-    import importlib
     import threading
 
     cpuinfo = importlib.import_module("cpuinfo")
@@ -257,12 +256,9 @@ def _available_cores(logical: int, root: Path = Path("/")) -> int | None:
     return usable if usable is not None and usable < logical else None
 
 
-def probe_cpu() -> tuple[CpuInfo, list[ProbeNote]]:
-    """The CPU of this machine, by the fastest source its OS offers."""
-    import platform as stdlib_platform
-
+def probe_cpu(arch: str) -> tuple[CpuInfo, list[ProbeNote]]:
+    """The CPU of this machine (architecture ``arch``), by the fastest source its OS offers."""
     started = time.perf_counter()
-    arch = normalise_arch(stdlib_platform.machine())
     physical, logical = _core_counts()
     model: str | None = None
     features: frozenset[str] = frozenset()

@@ -15,9 +15,11 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from papin.llm._platform_cpu import _darwin_sysctl, _read
 from papin.llm.platform import CpuInfo, GpuInfo, MemoryInfo, ProbeNote
 
 __all__ = [
@@ -315,15 +317,13 @@ def sysfs_gpus(root: Path = Path("/sys/class/drm")) -> list[GpuInfo]:
         return gpus
     for card in cards:
         device = card / "device"
-        vendor_id = _read_text(device / "vendor")
-        if vendor_id is None:
+        vendor_id = _read(device / "vendor")
+        if not vendor_id:
             continue
         vendor = _PCI_VENDORS.get(vendor_id.lower(), "other")
         total = _read_int(device / "mem_info_vram_total") if vendor == "amd" else None
         used = _read_int(device / "mem_info_vram_used") if total else None
-        name = (
-            _read_text(device / "product_name") or f"{vendor.upper()} GPU ({_read_text(device / 'device')})"
-        )
+        name = _read(device / "product_name") or f"{vendor.upper()} GPU ({_read(device / 'device') or None})"
         gpus.append(
             GpuInfo(
                 index=len(gpus),
@@ -344,15 +344,8 @@ def _driver_name(device: Path) -> str | None:
     return None
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace").strip() or None
-    except OSError:
-        return None
-
-
 def _read_int(path: Path) -> int | None:
-    text = _read_text(path)
+    text = _read(path)
     return int(text) if text and text.isdigit() else None
 
 
@@ -390,7 +383,7 @@ def apple_gpu(
 
 
 def probe_gpus(
-    os_name: str, arch: str, cpu: CpuInfo, memory: MemoryInfo
+    os_name: str, os_version: str | None, arch: str, cpu: CpuInfo, memory: MemoryInfo
 ) -> tuple[list[GpuInfo], list[ProbeNote]]:
     """Every GPU found, one note per vendor probe."""
     notes: list[ProbeNote] = []
@@ -424,13 +417,9 @@ def probe_gpus(
         started = time.perf_counter()
         wired: int | None = None
         with contextlib.suppress(Exception):
-            from papin.llm._platform_cpu import _darwin_sysctl
-
             value = _darwin_sysctl("iogpu.wired_limit_mb")
             wired = value if isinstance(value, int) and value > 0 else None
-        import platform as stdlib_platform
-
-        gpus.append(apple_gpu(cpu, memory, wired, stdlib_platform.mac_ver()[0] or None))
+        gpus.append(apple_gpu(cpu, memory, wired, os_version))
         notes.append(
             ProbeNote("apple", True, "Apple Silicon: Metal, unified memory", time.perf_counter() - started)
         )
@@ -440,17 +429,11 @@ def probe_gpus(
     # GPUs seen only in sysfs (Intel, NVIDIA without its driver...): listed, not usable.
     seen = {g.vendor for g in gpus}
     for g in sysfs:
-        if g.vendor not in seen and not (g.vendor == "amd" and g.memory_total):
+        if g.vendor not in seen:  # an AMD one with VRAM figures is already among the AMD GPUs
             gpus.append(GpuInfo(len(gpus), g.vendor, g.name, None, None, None, g.driver))
     renumbered = []
     counters: dict[str, int] = {}
     for g in gpus:
         counters[g.vendor] = counters.get(g.vendor, -1) + 1
-        renumbered.append(g if g.index == counters[g.vendor] else _with_index(g, counters[g.vendor]))
+        renumbered.append(g if g.index == counters[g.vendor] else replace(g, index=counters[g.vendor]))
     return renumbered, notes
-
-
-def _with_index(gpu: GpuInfo, index: int) -> GpuInfo:
-    from dataclasses import replace
-
-    return replace(gpu, index=index)

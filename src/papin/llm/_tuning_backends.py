@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from papin.llm.platform import CpuInfo
-from papin.llm.tuning import DEFAULT_BATCH, TunedSettings, merge_user, plain_settings, tune, with_layer_sizes
+from papin.llm.tuning import (
+    DEFAULT_BATCH,
+    TunedSettings,
+    choose_threads,
+    merge_user,
+    plain_settings,
+    tune,
+    with_layer_sizes,
+)
 
 if TYPE_CHECKING:
     from papin.llm.gguf_info import GGUFInfo
@@ -55,7 +63,6 @@ def resolve_settings(
     optimize: bool,
     gpu_offload: bool | None = None,
     hardware: HardwareInfo | None = None,
-    include_llama: bool = True,
 ) -> TunedSettings:
     """The settings a backend gets: the user's values (not ``None``) over the tuned ones
     (``optimize``), or over :func:`~papin.llm.tuning.plain_settings` (optimisations off)."""
@@ -64,7 +71,7 @@ def resolve_settings(
     if hardware is None:
         from papin.llm.platform import detect_hardware
 
-        hardware = detect_hardware(include_llama=include_llama)
+        hardware = detect_hardware()
     full = with_layer_sizes(model, path) if model is not None else None
     tuned = tune(hardware, full, context_size=user.get("context_size"), gpu_offload=gpu_offload)
     return merge_user(user, tuned)
@@ -184,7 +191,5 @@ def ollama_options(hardware: HardwareInfo | CpuInfo, endpoint: str) -> dict[str,
     cpu = hardware if isinstance(hardware, CpuInfo) else hardware.cpu
     if not is_loopback(endpoint) or not cpu.available_cores or cpu.available_cores >= cpu.physical_cores:
         return {}
-    from papin.llm.tuning import choose_threads
-
     threads, _ = choose_threads(cpu)
     return {"threads": threads}

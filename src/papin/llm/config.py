@@ -173,9 +173,9 @@ class DiscoveryConfig(BaseModel):
         0.3, gt=0, le=30, description="Connect and read timeout of each probe."
     )
 
-    @field_validator("extra_endpoints", mode="before")
+    @field_validator("extra_endpoints", "model_dirs", mode="before")
     @classmethod
-    def _one_endpoint_as_list(cls, value: Any) -> Any:
+    def _one_as_list(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
     @field_validator("extra_endpoints")
@@ -188,11 +188,6 @@ class DiscoveryConfig(BaseModel):
             if text not in out:
                 out.append(text)
         return out
-
-    @field_validator("model_dirs", mode="before")
-    @classmethod
-    def _one_dir_as_list(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
     @field_validator("model_dirs")
     @classmethod
@@ -344,14 +339,7 @@ class LLMConfig(BaseModel):
             ) from None
         if not isinstance(data, dict):
             raise ConfigurationError(f"The config file {path} must hold a JSON object.")
-        return cls.from_data(data, path)
-
-    @classmethod
-    def from_data(cls, data: dict[str, Any], path: Path | None = None) -> LLMConfig:
-        """Validate the raw contents of a config file (any released layout: earlier schema
-        versions are migrated in memory first; nothing is written)."""
-        path = path or config_path()
-        try:
+        try:  # an earlier layout is brought up to date in memory; nothing is written
             data = migrate_config_data(data)
         except SchemaTooNewError as exc:
             raise ConfigurationError(

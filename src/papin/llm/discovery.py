@@ -52,6 +52,7 @@ from papin.llm._discovery_results import DiscoveredBackend, DiscoveryResult
 if TYPE_CHECKING:
     from papin.llm._discovery_installed import InstalledExecutable, InstalledPackage
     from papin.llm._discovery_local import LocalModelFile
+    from papin.llm.config import DiscoveryConfig
     from papin.llm.store import ModelStore, StoredModel
 
 __all__ = [
@@ -275,8 +276,7 @@ class Discovery:
         from papin.llm._discovery_local import scan_model_files
 
         started = time.perf_counter()
-        env = None if self._env is None else self._env
-        files = scan_model_files(extra_dirs=self.model_dirs, default_dirs=self.default_dirs, env=env)
+        files = scan_model_files(extra_dirs=self.model_dirs, default_dirs=self.default_dirs, env=self._env)
         return _Files(tuple(files), time.perf_counter() - started)
 
     def _scan_installed(self) -> _Installed:
@@ -371,77 +371,75 @@ async def resolve_model_file(store: ModelStore, name: str) -> StoredModel | None
 
 
 _discovery: Discovery | None = None
-_discovery_source: object = None  # the settings it was made from; None: explicit or default
-_discovery_explicit = False
+#: The settings the process-wide discovery was made with (:func:`_settings_key`); ``None``
+#: for one given to :func:`reset_discovery`, which every configuration keeps.
+_discovery_key: str | None = None
 _discovery_lock = threading.Lock()
+
+
+def _settings_key(settings: Mapping[str, Any]) -> str:
+    return repr(sorted(settings.items()))
 
 
 def get_discovery() -> Discovery:
     """The process-wide :class:`Discovery` (default settings unless configured), created on
     first use."""
-    global _discovery
+    global _discovery, _discovery_key
     if _discovery is None:
         with _discovery_lock:
             if _discovery is None:
-                _discovery = Discovery()
+                _discovery, _discovery_key = Discovery(), _settings_key({})
     return _discovery
 
 
 def reset_discovery(instance: Discovery | None = None) -> None:
     """Replace the process-wide discovery (``None``: a fresh default one on next use). One
     given here is kept even when a configuration asks for other settings (tests use this)."""
-    global _discovery, _discovery_source, _discovery_explicit
+    global _discovery, _discovery_key
     with _discovery_lock:
-        _discovery, _discovery_source, _discovery_explicit = instance, None, instance is not None
+        _discovery, _discovery_key = instance, None
 
 
-def _setting(section: Any, *names: str) -> Any:
-    for name in names:
-        value = section.get(name) if isinstance(section, Mapping) else getattr(section, name, None)
-        if value is not None:
-            return value
-    return None
+def discovery_settings(section: DiscoveryConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """:class:`Discovery` arguments from a configuration's ``discovery`` section (a
+    :class:`~papin.llm.config.DiscoveryConfig`, or a mapping of its settings): ``extra_endpoints``,
+    ``model_dirs``, ``cache_seconds`` and ``probe_timeout_seconds`` (used for both the connect
+    and the read timeout).
 
+    Raises:
+        ConfigurationError: a mapping with an unknown or invalid setting.
+    """
+    from pydantic import ValidationError
 
-def discovery_settings(section: Any) -> dict[str, Any]:
-    """:class:`Discovery` arguments from a configuration's ``discovery`` section (an object or a
-    mapping): ``extra_endpoints``, ``model_dirs``, ``cache_seconds``, ``probe_timeout_seconds``
-    (used for both the connect and the read timeout), or ``connect_timeout_seconds`` and
-    ``read_timeout_seconds``, and ``well_known_ports``. Missing settings keep their defaults."""
-    out: dict[str, Any] = {}
-    endpoints = _setting(section, "extra_endpoints", "endpoints")
-    if endpoints:
-        out["endpoints"] = list(endpoints)
-    dirs = _setting(section, "model_dirs")
-    if dirs:
-        out["model_dirs"] = list(dirs)
-    ttl = _setting(section, "cache_seconds", "cache_ttl_seconds")
-    if ttl is not None:
-        out["cache_ttl"] = float(ttl)
-    probe = _setting(section, "probe_timeout_seconds")
-    connect = _setting(section, "connect_timeout_seconds")
-    read = _setting(section, "read_timeout_seconds")
-    if connect is not None or probe is not None:
-        out["connect_timeout"] = float(connect if connect is not None else probe)
-    if read is not None or probe is not None:
-        out["read_timeout"] = float(read if read is not None else probe)
-    well_known = _setting(section, "well_known_ports")
-    if well_known is not None:
-        out["well_known"] = bool(well_known)
+    from papin.llm.config import DiscoveryConfig, format_validation_error
+    from papin.llm.errors import ConfigurationError
+
+    if not isinstance(section, DiscoveryConfig):
+        try:
+            section = DiscoveryConfig.model_validate(dict(section))
+        except ValidationError as exc:
+            raise ConfigurationError(format_validation_error(exc, "discovery settings")) from None
+    out: dict[str, Any] = {
+        "cache_ttl": section.cache_seconds,
+        "connect_timeout": section.probe_timeout_seconds,
+        "read_timeout": section.probe_timeout_seconds,
+    }
+    if section.extra_endpoints:
+        out["endpoints"] = list(section.extra_endpoints)
+    if section.model_dirs:
+        out["model_dirs"] = list(section.model_dirs)
     return out
 
 
-def configured_discovery(section: Any) -> Discovery:
+def configured_discovery(section: DiscoveryConfig | Mapping[str, Any] | None) -> Discovery:
     """The process-wide discovery with a configuration's ``discovery`` settings (see
     :func:`discovery_settings`): made once per distinct settings and shared, so its cache
     serves every manager, and the embedded provider finds model files in the configured
     folders too. A discovery given to :func:`reset_discovery` is kept as it is."""
-    global _discovery, _discovery_source
+    global _discovery, _discovery_key
     settings = discovery_settings(section) if section is not None else {}
-    key = repr(sorted(settings.items()))
+    key = _settings_key(settings)
     with _discovery_lock:
-        if _discovery is not None and (_discovery_explicit or (_discovery_source == key)):
-            return _discovery
-        if _discovery is None or _discovery_source is not None or settings:
-            _discovery, _discovery_source = Discovery(**settings), key
+        if _discovery is None or _discovery_key not in (None, key):
+            _discovery, _discovery_key = Discovery(**settings), key
         return _discovery

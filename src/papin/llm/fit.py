@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
 from papin.llm._fit_models import BITS_PER_WEIGHT, describe_model, info_from_metadata, info_from_ollama_show
+from papin.llm._format import human_bytes as _size
 from papin.llm.errors import ConfigurationError
 from papin.llm.gguf_info import GGUFInfo
 from papin.llm.tuning import (
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 Verdict = Literal["gpu", "partial", "cpu", "no_fit"]
-GIB = 1024**3
 
 #: Below this many bits per weight a quantization loses noticeable quality: :func:`best_fit`
 #: prefers a full-GPU fit only among quantizations at or above it.
@@ -127,20 +127,6 @@ class BestFit:
         }
 
 
-def _size(n: int) -> str:
-    """Bytes in decimal units, as ``papin models list`` shows them.
-
-    >>> _size(246_587_904), _size(8 * 1024**3), _size(512)
-    ('246.6 MB', '8.6 GB', '512 B')
-    """
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(size) < 1000:
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
-
-
 def bits_per_weight(model: GGUFInfo) -> float | None:
     """Bits per weight: from the file's size and parameter count, else the quantization's
     typical figure (:data:`BITS_PER_WEIGHT`), else ``None``."""
@@ -177,7 +163,7 @@ def _plan(model: GGUFInfo, hardware: HardwareInfo, ctx: int, batch: int, cache_t
     head, body = compute_buffer_bytes(model, batch)
     ram_free = hardware.memory.usable_available
     unified = hardware.unified_memory
-    budget = gpu_budget(hardware) if hardware.has_gpu else 0
+    budget = gpu_budget(hardware)
     cpu_total = weights + kv_total + head + body
     best_missing = max(0, cpu_total - ram_free)
     if budget:
@@ -220,7 +206,7 @@ def assess_fit(
         raise ConfigurationError(f"The context size must be a positive number of tokens, not {context_size}.")
     ctx = context_size or min(model.context_length or PLAIN_CONTEXT, DEFAULT_CONTEXT_CAP)
     ram_free = hardware.memory.usable_available
-    budget = gpu_budget(hardware) if hardware.has_gpu else 0
+    budget = gpu_budget(hardware)
     batch, _ = choose_batch(model, max(budget, ram_free))
     plan = _plan(model, hardware, ctx, batch, cache_type)
     sizes, _, _ = layer_sizes(model)

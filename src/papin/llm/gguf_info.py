@@ -250,7 +250,7 @@ class _Reader:
         self.need(n)
         start = self.pos
         self.pos += n
-        return bytes(self.buf[start : self.pos])
+        return self.buf[start : self.pos]
 
     def skip_string(self) -> None:
         n = self.read_u64()

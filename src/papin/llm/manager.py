@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from papin.llm.discovery import Discovery, DiscoveryResult
     from papin.llm.migration import MigrationReport
     from papin.llm.monitor import ChangeCallback, ModelChange, ModelMonitor, Snapshot
+    from papin.llm.platform import HardwareInfo
 
 __all__ = ["FALLBACK_PROVIDERS", "NO_DISCOVERY_ORDER", "LLMManager", "ProviderChoice", "create_llm_manager"]
 
@@ -73,7 +74,7 @@ class LLMManager:
         factory: ProviderFactory | None = None,
         provider: Provider | None = None,
         discovery: Discovery | None = None,
-        hardware: Any = None,
+        hardware: HardwareInfo | None = None,
     ) -> None:
         """``discovery`` replaces the process-wide :class:`~papin.llm.discovery.Discovery`
         (tests point one at fake servers); ``hardware`` is a hardware report
@@ -114,7 +115,7 @@ class LLMManager:
         if self._discovery is None:
             from papin.llm.discovery import configured_discovery
 
-            self._discovery = configured_discovery(getattr(self.config, "discovery", None))
+            self._discovery = configured_discovery(self.config.discovery)
         return self._discovery
 
     # -- provider selection ---------------------------------------------------------------
@@ -163,28 +164,23 @@ class LLMManager:
         assert self._provider is not None
         return self._provider
 
-    def _create(self, name: str) -> Provider:
-        return self.factory.create_provider(name, self.config.settings_for(name))
-
-    async def _hardware_report(self) -> Any:
+    async def _hardware_report(self) -> HardwareInfo:
         if self._hardware is None:
             import asyncio
 
-            from papin.llm._choice import _detect_hardware
+            from papin.llm.platform import detect_hardware
 
-            self._hardware = await asyncio.to_thread(_detect_hardware)
+            self._hardware = await asyncio.to_thread(detect_hardware)
         return self._hardware
 
     async def _choose_provider(self) -> tuple[ProviderChoice, Provider]:
-        from papin.llm import manager as this  # the constants, read now (tests replace them)
-
         return await choose_provider(
             self.config,
             self.factory,
             discovery=lambda: self.discovery,
             hardware=self._hardware_report,
-            fallbacks=this.FALLBACK_PROVIDERS,
-            no_discovery_order=this.NO_DISCOVERY_ORDER,
+            fallbacks=FALLBACK_PROVIDERS,  # module globals, read at each call
+            no_discovery_order=NO_DISCOVERY_ORDER,
         )
 
     # -- discovery and model monitoring -----------------------------------------------------

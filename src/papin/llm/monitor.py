@@ -221,7 +221,8 @@ class ModelMonitor:
         finally:
             self._queues.discard(queue)
 
-    def _offer(self, queue: asyncio.Queue[Any], item: Any) -> None:
+    @staticmethod
+    def _offer(queue: asyncio.Queue[Any], item: Any) -> None:
         while True:
             try:
                 queue.put_nowait(item)
@@ -339,6 +340,8 @@ def discovery_snapshot(
     """A snapshot function over the discovered servers (probed afresh each time), the active
     ``provider`` (its installed models; kept as before when listing fails), papin's model
     ``store`` and the model files on disk. ``on_result`` sees each discovery result."""
+    from papin.llm.http_provider import HttpProvider
+
     previous: dict[str, SourceModels] = {}
 
     async def take() -> Snapshot:
@@ -347,8 +350,8 @@ def discovery_snapshot(
             on_result(result)
         snap: dict[str, SourceModels] = {}
         active = provider() if provider is not None else None
-        active_endpoint = getattr(active, "endpoint", None) if active is not None else None
-        if active is not None and isinstance(active_endpoint, str) and active_endpoint:
+        active_endpoint = active.endpoint if isinstance(active, HttpProvider) else None
+        if active is not None and active_endpoint:
             key = f"{active.name}@{active_endpoint}"
             try:
                 models = frozenset(m.id for m in await active.list_downloaded_models())
@@ -366,11 +369,8 @@ def discovery_snapshot(
                 "server", backend.provider, backend.address, frozenset(backend.models)
             )
         if store is not None:
-            try:
-                stored = await asyncio.to_thread(store.list)
-                snap["store"] = SourceModels("store", "llamacpp", None, frozenset(m.id for m in stored))
-            except Exception as exc:  # pragma: no cover - store.list does not raise
-                log.debug("Model monitor: listing the store failed: %s", exc)
+            stored = await asyncio.to_thread(store.list)
+            snap["store"] = SourceModels("store", "llamacpp", None, frozenset(m.id for m in stored))
         if files:
             snap["disk"] = SourceModels(
                 "disk", None, None, frozenset(f.name for f in result.model_files if f.usable)

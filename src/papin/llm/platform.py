@@ -290,7 +290,7 @@ def _static_part() -> tuple[str, str | None, str, CpuInfo, tuple[ProbeNote, ...]
     from papin.llm import _platform_cpu
 
     os_name, os_version, arch = _platform_cpu.os_facts(stdlib_platform)
-    result, failed = _timed("cpu", _platform_cpu.probe_cpu)
+    result, failed = _timed("cpu", _platform_cpu.probe_cpu, arch)
     if result is None:
         cpu = CpuInfo(None, arch, 1, 1, frozenset())
         return os_name, os_version, arch, cpu, (failed,) if failed else ()
@@ -299,7 +299,7 @@ def _static_part() -> tuple[str, str | None, str, CpuInfo, tuple[ProbeNote, ...]
 
 
 def _dynamic_part(
-    os_name: str, arch: str, cpu: CpuInfo
+    os_name: str, os_version: str | None, arch: str, cpu: CpuInfo
 ) -> tuple[MemoryInfo, tuple[GpuInfo, ...], tuple[ProbeNote, ...]]:
     from papin.llm import _platform_cpu, _platform_gpu
 
@@ -311,7 +311,7 @@ def _dynamic_part(
     else:
         memory, memory_notes = result
         notes.extend(memory_notes)
-    gpus_result, failed = _timed("gpu", _platform_gpu.probe_gpus, os_name, arch, cpu, memory)
+    gpus_result, failed = _timed("gpu", _platform_gpu.probe_gpus, os_name, os_version, arch, cpu, memory)
     if gpus_result is None:
         notes.extend([failed] if failed else [])
         return memory, (), tuple(notes)
@@ -359,7 +359,6 @@ def detect_hardware(*, refresh: bool = False, include_llama: bool = True) -> Har
 def detect_cpu() -> CpuInfo:
     """The CPU part of :func:`detect_hardware` alone (cached for the process; never raises):
     what a caller that only needs cores and features uses, without probing memory and GPUs."""
-    global _CACHE
     try:
         with _LOCK:
             if _CACHE.static is None:
@@ -378,20 +377,17 @@ def _detect(refresh: bool, include_llama: bool) -> HardwareInfo:
         os_name, os_version, arch, cpu, cpu_notes = cache.static
         now = time.monotonic()
         if cache.dynamic is None or now - cache.dynamic[0] > DYNAMIC_TTL:
-            memory, gpus, dyn_notes = _dynamic_part(os_name, arch, cpu)
+            memory, gpus, dyn_notes = _dynamic_part(os_name, os_version, arch, cpu)
             cache.dynamic = (now, memory, gpus, dyn_notes)
         _, memory, gpus, dyn_notes = cache.dynamic
-        if include_llama:
-            if cache.llama is None:
-                cache.llama = _llama_part(True)
+        if include_llama and cache.llama is None:
+            cache.llama = _llama_part(True)
+        if cache.llama is not None:  # the full probe, when done, serves both kinds of call
             llama, llama_notes = cache.llama
         else:
-            if cache.llama is not None:
-                llama, llama_notes = cache.llama
-            else:
-                if cache.light_llama is None:
-                    cache.light_llama = _llama_part(False)
-                llama, llama_notes = cache.light_llama
+            if cache.light_llama is None:
+                cache.light_llama = _llama_part(False)
+            llama, llama_notes = cache.light_llama
         _CACHE = cache
     return HardwareInfo(
         os=os_name,

@@ -81,7 +81,6 @@ __all__ = [
 ]
 
 MIB = 1024 * 1024
-GIB = 1024 * MIB
 #: Largest context chosen automatically (users may ask for more explicitly).
 DEFAULT_CONTEXT_CAP = 8192
 #: Context used with optimisations off (bounded by the trained context), as Ollama's default.

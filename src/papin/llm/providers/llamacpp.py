@@ -126,6 +126,20 @@ class LlamaCppConfig(ProviderConfig):
     chat_format: str | None = Field(None, description="Force a llama-cpp-python chat format.")
 
 
+def user_load_settings(config: LlamaCppConfig, options: GenerationOptions | None = None) -> dict[str, Any]:
+    """The load settings the user set: per call (``options``), else in ``config``; ``None``
+    where unset (papin's tuning, or the library default, decides those)."""
+    c, o = config, options or GenerationOptions()
+    return {
+        "threads": o.threads or c.threads,
+        "context_size": o.context_size or c.context_size,
+        "batch_size": o.batch_size or c.batch_size,
+        "gpu_layers": o.gpu_layers if o.gpu_layers is not None else c.gpu_layers,
+        "use_mmap": c.use_mmap if "use_mmap" in c.model_fields_set else None,
+        "use_mlock": c.use_mlock if "use_mlock" in c.model_fields_set else None,
+    }
+
+
 class LlamaCppProvider(Provider):
     """Runs GGUF models in-process with llama-cpp-python."""
 
@@ -290,21 +304,29 @@ class LlamaCppProvider(Provider):
 
         The fitted values are computed when the model is first loaded and kept while it stays
         loaded, so a change in free memory never reloads it; only a value the user sets does.
+        Blocking the first time (hardware probes); :meth:`_kept_settings` is the quick path.
         """
         from papin.llm._tuning_backends import resolve_settings
 
-        llama_cpp = self._require_runtime()
         user = self._user_settings(options)
-        loaded = self.pool.get(stored.id)
+        kept = self._kept_settings(stored, user)
+        if kept is not None:
+            return kept
+        gpu_offload = bool(self._require_runtime().llama_supports_gpu_offload())
+        tuned = resolve_settings(
+            stored.info, stored.path, user, optimize=self.config.optimize, gpu_offload=gpu_offload
+        )
+        self._tuned[stored.id] = (str(stored.path), user, tuned)
+        return self._settings_of(stored, tuned)
+
+    def _kept_settings(self, stored: StoredModel, user: dict[str, Any]) -> LoadSettings | None:
+        """The settings ``stored`` is loaded with, if it is loaded with these user settings."""
         kept = self._tuned.get(stored.id)
-        if loaded is None or kept is None or kept[0] != str(stored.path) or kept[1] != user:
-            gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
-            tuned = resolve_settings(
-                stored.info, stored.path, user, optimize=self.config.optimize, gpu_offload=gpu_offload
-            )
-            kept = (str(stored.path), user, tuned)
-            self._tuned[stored.id] = kept
-        tuned = kept[2]
+        if kept is None or self.pool.get(stored.id) is None or kept[:2] != (str(stored.path), user):
+            return None
+        return self._settings_of(stored, kept[2])
+
+    def _settings_of(self, stored: StoredModel, tuned: TunedSettings) -> LoadSettings:
         return LoadSettings(
             n_ctx=tuned.context_size,
             n_threads=tuned.threads,
@@ -316,31 +338,14 @@ class LlamaCppProvider(Provider):
         )
 
     def _user_settings(self, options: GenerationOptions | None) -> dict[str, Any]:
-        """The load settings the user set: per call, else in the config (``None``: unset)."""
-        c, o = self.config, options or GenerationOptions()
-        return {
-            "threads": o.threads or c.threads,
-            "context_size": o.context_size or c.context_size,
-            "batch_size": o.batch_size or c.batch_size,
-            "gpu_layers": o.gpu_layers if o.gpu_layers is not None else c.gpu_layers,
-            "use_mmap": c.use_mmap if "use_mmap" in c.model_fields_set else None,
-            "use_mlock": c.use_mlock if "use_mlock" in c.model_fields_set else None,
-        }
-
-    def describe_load_settings(
-        self, stored: StoredModel, options: GenerationOptions | None = None
-    ) -> TunedSettings:
-        """The settings, each with its reason, that loading ``stored`` would use now (for
-        ``papin doctor``); blocking (hardware probes)."""
-        from papin.llm._tuning_backends import resolve_settings
-
-        user = self._user_settings(options)
-        return resolve_settings(stored.info, stored.path, user, optimize=self.config.optimize)
+        return user_load_settings(self.config, options)
 
     async def _acquire(
         self, stored: StoredModel, options: GenerationOptions | None
     ) -> tuple[LoadedLlama, float | None]:
-        settings = await asyncio.to_thread(self._load_settings, stored, options)  # hardware probes
+        settings = self._kept_settings(stored, self._user_settings(options))  # loaded: no thread hop
+        if settings is None:
+            settings = await asyncio.to_thread(self._load_settings, stored, options)  # hardware probes
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self.pool.executor, self.pool.acquire, stored.id, str(stored.path), settings

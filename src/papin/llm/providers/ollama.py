@@ -211,33 +211,31 @@ class OllamaProvider(HttpProvider):
             return options
         return (options or GenerationOptions()).model_copy(update={"keep_alive": self.config.keep_alive})
 
+    #: ``num_thread`` papin sends this Ollama (0: none), worked out on first use: it depends
+    #: only on the endpoint and this machine's CPU.
+    _num_thread: int | None = None
+
     def _tuned(self, options: GenerationOptions | None) -> GenerationOptions | None:
         """``options`` with papin's tuned load options added where the user set none.
 
         See :func:`papin.llm._tuning_backends.ollama_options` for what is sent and why (only
         ``num_thread``, only to an Ollama on this machine under a CPU limit). Nothing is added
-        with ``optimize`` off, or for a setting given per call (field or ``additional_params``).
+        with ``optimize`` off, or when the call sets it (``threads`` or ``additional_params``).
         """
-        if not self.config.optimize:
+        if self._num_thread is None:
+            self._num_thread = self._work_out_num_thread()
+        if not self._num_thread or (options is not None and "num_thread" in options.additional_params):
             return options
+        return (options or GenerationOptions()).merged(GenerationOptions(threads=self._num_thread))
+
+    def _work_out_num_thread(self) -> int:
         from papin.llm._tuning_backends import is_loopback, ollama_options
 
-        if not is_loopback(self.endpoint):
-            return options
+        if not self.config.optimize or not is_loopback(self.endpoint):
+            return 0
         from papin.llm.platform import detect_cpu
 
-        tuned = ollama_options(detect_cpu(), self.endpoint)  # cached after the first call
-        extra = (options.additional_params if options else {}).keys()
-        names = {
-            "threads": "num_thread",
-            "context_size": "num_ctx",
-            "batch_size": "num_batch",
-            "gpu_layers": "num_gpu",
-        }
-        tuned = {k: v for k, v in tuned.items() if names[k] not in extra}
-        if not tuned:
-            return options
-        return (options or GenerationOptions()).merged(GenerationOptions(**tuned))
+        return ollama_options(detect_cpu(), self.endpoint).get("threads", 0)
 
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None

@@ -110,8 +110,11 @@ def parse_host(value: str | None) -> str:
                 f"Unsupported scheme {scheme!r} in Ollama host {value!r}: use http:// or https://."
             )
         default_port = 443 if scheme == "https" else 80
-    parts = urlsplit(f"{scheme}://{rest}")
-    host = parts.hostname or "127.0.0.1"
+    try:
+        parts = urlsplit(f"{scheme}://{rest}")
+        host = parts.hostname or "127.0.0.1"
+    except ValueError as exc:  # "http://[::1" and the like
+        raise ConfigurationError(f"Invalid Ollama host {value!r}: {exc}.") from None
     try:
         port = parts.port or default_port
     except ValueError:
