@@ -16,13 +16,24 @@ _ENV_PREFIXES = ("PAPIN_", "OLLAMA_", "LOCALAI_", "LLAMA_", "VLLM_", "LM_", "LMS
 _ENV_NAMES = ("HUGGINGFACE_HUB_CACHE", "MODELS_PATH", "API_KEY", "OPENAI_API_KEY", "OPENAI_BASE_URL")
 
 
+@pytest.fixture(scope="session")
+def session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """papin's data directory for the whole session: the llama.cpp crash probe's verdicts are
+    kept there, so the probe runs once per combination in a test run, as it does for a user."""
+    return tmp_path_factory.mktemp("papin-data")
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(
-    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    session_data_dir: Path,
 ) -> Iterator[Path]:
     """Point papin's config at a temporary directory, give each test an empty home directory
     (so discovery and migration never see the real ~/.ollama, Hugging Face cache or legacy
-    config), and drop the backends' environment variables."""
+    config), and drop the backends' environment variables. papin's data directory (probe
+    verdicts) is shared by the session."""
     for key in list(os.environ):
         if key.startswith(_ENV_PREFIXES) or key in _ENV_NAMES:
             monkeypatch.delenv(key, raising=False)
@@ -33,6 +44,7 @@ def isolated_env(
     monkeypatch.setenv("PAPIN_DISCOVERY_CANDIDATES", "")
     config_dir = tmp_path / "papin-config"
     monkeypatch.setenv("PAPIN_CONFIG_DIR", str(config_dir))
+    monkeypatch.setenv("PAPIN_DATA_DIR", str(session_data_dir))
     reset_provider_factory()
     yield config_dir
     reset_provider_factory()

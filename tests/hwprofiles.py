@@ -6,6 +6,8 @@ in the tests.
 
 from __future__ import annotations
 
+from typing import Any
+
 from papin.llm.gguf_info import GGUFInfo
 from papin.llm.platform import (
     MLOCK_UNLIMITED,
@@ -20,15 +22,21 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 __all__ = [
+    "AMX_BUILD_INFO",
+    "AMX_CPU_FEATURES",
+    "AVX2_BUILD_INFO",
     "GIB",
     "MIB",
     "apple_m2_16gb",
     "big_model",
     "container_4gb",
+    "epyc_avx512",
     "gemma_like",
     "hardware",
     "llama8b_q4",
     "nvidia_gpu",
+    "sapphire_rapids",
+    "use_hardware",
     "small_cpu_4gb",
     "workstation_8gb_gpu",
 ]
@@ -50,18 +58,26 @@ def hardware(
     supports_mlock: bool | None = True,
     os_name: str = "Linux",
     arch: str = "x86_64",
+    cpu_model: str = "Test CPU",
+    cpu_features: frozenset[str] = frozenset({"avx", "avx2", "fma", "f16c"}),
+    llama_system_info: str | None = None,
 ) -> HardwareInfo:
-    """A :class:`HardwareInfo` as stated; the llama.cpp build offloads when there is a GPU."""
+    """A :class:`HardwareInfo` as stated; the llama.cpp build offloads when there is a GPU.
+    ``llama_system_info`` is what the build's ``llama_print_system_info()`` says (``None``:
+    the build was not probed)."""
+    from papin.llm._platform_llama import parse_system_info
+
+    features = parse_system_info(llama_system_info) if llama_system_info is not None else frozenset()
     return HardwareInfo(
         os=os_name,
         os_version=None,
         architecture=arch,
         cpu=CpuInfo(
-            model="Test CPU",
+            model=cpu_model,
             architecture=arch,
             physical_cores=physical,
             logical_cores=logical or physical * 2,
-            features=frozenset({"avx", "avx2", "fma", "f16c"}),
+            features=cpu_features,
             available_cores=available_cores,
             performance_cores=performance_cores,
         ),
@@ -76,11 +92,51 @@ def hardware(
         llama=LlamaBuildInfo(
             package_version="0.3.36",
             gpu_offload=bool(gpus) if gpu_offload is None else gpu_offload,
-            system_info=None,
-            features=frozenset(),
+            system_info=llama_system_info,
+            features=features,
             server_binary=None,
             supports_mlock=supports_mlock,
         ),
+    )
+
+
+#: ``/proc/cpuinfo`` features of an Intel Xeon with AMX (Sapphire Rapids and later), as papin keeps them.
+AMX_CPU_FEATURES = frozenset(
+    {"sse3", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw",
+     "avx512vl", "avx512vnni", "avx512bf16", "avxvnni", "amx", "amx_int8", "amx_bf16"}
+)  # fmt: skip
+#: A natively built llama.cpp on that CPU.
+AMX_BUILD_INFO = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | AVX512 = 1 | "
+    "AVX512_VNNI = 1 | AVX512_BF16 = 1 | AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 | "
+)
+#: A generic (AVX2) llama.cpp build: no AMX kernels.
+AVX2_BUILD_INFO = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | OPENMP = 1 | REPACK = 1 | "
+)
+
+
+def sapphire_rapids(build_info: str | None = AMX_BUILD_INFO) -> HardwareInfo:
+    """A 2-core cloud Xeon with AMX, 8 GiB, running a llama.cpp build that says ``build_info``."""
+    return hardware(
+        physical=2,
+        logical=4,
+        total=8 * GIB,
+        cpu_model="Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
+        cpu_features=AMX_CPU_FEATURES,
+        llama_system_info=build_info,
+    )
+
+
+def epyc_avx512() -> HardwareInfo:
+    """A 2-core AMD EPYC with AVX-512 but no AMX, natively built llama.cpp."""
+    return hardware(
+        physical=2,
+        logical=4,
+        total=8 * GIB,
+        cpu_model="AMD EPYC 9R14",
+        cpu_features=AMX_CPU_FEATURES - {"amx", "amx_int8", "amx_bf16"},
+        llama_system_info=AMX_BUILD_INFO.replace("AMX_INT8 = 1 | ", ""),
     )
 
 
@@ -202,3 +258,12 @@ def gemma_like() -> GGUFInfo:
         other_bytes=170 * MIB,
         output_tied=True,
     )
+
+
+def use_hardware(monkeypatch: Any, hw: HardwareInfo) -> None:
+    """Make ``detect_hardware()`` and ``detect_cpu()`` answer ``hw`` (the providers import them
+    when they need them)."""
+    from papin.llm import platform as hw_platform
+
+    monkeypatch.setattr(hw_platform, "detect_hardware", lambda **kwargs: hw)
+    monkeypatch.setattr(hw_platform, "detect_cpu", lambda: hw.cpu)

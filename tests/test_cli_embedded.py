@@ -296,6 +296,8 @@ def papin_env(models_dir: Path, config_dir: Path) -> dict[str, str]:
         OLLAMA_HOST=closed_port_url(),
         COLUMNS="160",  # tables are not folded, whatever the terminal running the tests
     )
+    if os.environ.get("PAPIN_DATA_DIR"):  # the session's crash-probe verdicts
+        env["PAPIN_DATA_DIR"] = os.environ["PAPIN_DATA_DIR"]
     return env
 
 
@@ -483,3 +485,18 @@ def test_chat_from_stdin_answers_and_exits_on_eof(cli: Cli, default_model: dict[
     run = cli("chat", "--max-tokens", "16", "--temperature", "0", stdin="Hello! Who are you?\n").ok()
     assert run.stdout.strip() and run.stdout.endswith("\n")
     assert run.stderr == ""  # no prompt, banner or progress when stdin is not a terminal
+
+
+@pytest.mark.timeout(120)
+def test_a_native_crash_is_one_error_line_not_a_dead_process(
+    cli: Cli, default_model: dict[str, Any], tmp_path: Path
+) -> None:
+    """llama.cpp dies by a real SIGSEGV in the probe child (test hook): ``papin generate`` says
+    so in one line and exits 1, instead of dying with exit 139 and printing nothing."""
+    cli.env.update(PAPIN_TEST_PROBE_CRASH="decode", PAPIN_DATA_DIR=str(tmp_path / "data"))
+    line = one_error_line(cli("generate", "Once upon a time", "--max-tokens", "8"))
+    assert "SIGSEGV" in line and "isolation" in line
+    # with the crash on extra buffers only, papin falls back and generates
+    cli.env.update(PAPIN_TEST_PROBE_CRASH="decode:extra_buffers", PAPIN_DATA_DIR=str(tmp_path / "data2"))
+    run = cli("--provider", "llamacpp", "generate", "Once upon a time", "--max-tokens", "8").ok()
+    assert run.stdout.strip()

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from papin.llm._tuning_backends import server_flags, server_safety
 from papin.llm.errors import (
     AuthenticationError,
     GenerationError,
@@ -38,6 +39,7 @@ from papin.llm.errors import (
     UnsupportedOperationError,
 )
 from papin.llm.options import GenerationOptions
+from papin.llm.platform import detect_cpu
 from papin.llm.providers._llama_server_process import LlamaServerProcess, ServerSpec, find_llama_server
 from papin.llm.providers.llamacpp_server import LlamaCppServerConfig, LlamaCppServerProvider
 from papin.llm.store import DEFAULT_MODEL_ID
@@ -426,8 +428,11 @@ async def test_real_router_mode_with_api_key() -> None:
     require_binary()
     async with shared_provider():
         pass  # the store has the default model
-    spec = ServerSpec(find_llama_server(), models_dir=shared_models_dir(), context_size=512, threads=2,
-                      api_key="router-key", extra_args=("--models-max", "1", "-fit", "off"))  # fmt: skip
+    binary = find_llama_server()
+    safety, _ = server_safety(detect_cpu(), None, server_flags(binary), set())  # --no-repack on AMX CPUs
+    args = ("--models-max", "1", "-fit", "off", *safety)
+    spec = ServerSpec(binary, models_dir=shared_models_dir(), context_size=512, threads=2,
+                      api_key="router-key", extra_args=args)  # fmt: skip
     router = LlamaServerProcess(spec, ready_timeout=30)
     await router.start()
     config = LlamaCppServerConfig(endpoint=router.url, **{**LIMITS, "ready_timeout_seconds": 60.0})

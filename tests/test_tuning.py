@@ -17,7 +17,7 @@ from papin.llm import platform as hw_platform
 from papin.llm._tuning_backends import is_loopback, ollama_options, server_launch, user_server_settings
 from papin.llm.gguf_info import GGUFInfo, read_gguf_info
 from papin.llm.options import GenerationOptions
-from papin.llm.platform import HardwareInfo, reset_hardware_cache
+from papin.llm.platform import reset_hardware_cache
 from papin.llm.store_records import StoredModel
 from papin.llm.tuning import (
     choose_threads,
@@ -40,6 +40,7 @@ from tests.hwprofiles import (
     llama8b_q4,
     nvidia_gpu,
     small_cpu_4gb,
+    use_hardware,
     workstation_8gb_gpu,
 )
 
@@ -51,12 +52,6 @@ def fresh_hardware_cache() -> Iterator[None]:
     reset_hardware_cache()
     yield
     reset_hardware_cache()
-
-
-def use_hardware(monkeypatch: pytest.MonkeyPatch, hw: HardwareInfo) -> None:
-    """Make detect_hardware() answer ``hw`` (the providers import it when they need it)."""
-    monkeypatch.setattr(hw_platform, "detect_hardware", lambda **kwargs: hw)
-    monkeypatch.setattr(hw_platform, "detect_cpu", lambda: hw.cpu)
 
 
 # -- the rules, on stated profiles -------------------------------------------------------------
@@ -222,7 +217,7 @@ def test_even_split_without_tensor_sizes(tmp_path: Path) -> None:
 def test_describe_and_plain_and_merge() -> None:
     lines = describe_optimizations(small_cpu_4gb())
     assert [line.setting for line in lines] == [
-        "threads", "context_size", "batch_size", "gpu_layers", "use_mmap", "use_mlock"
+        "threads", "context_size", "batch_size", "gpu_layers", "use_mmap", "use_mlock", "extra_buffers"
     ]  # fmt: skip
     values = {line.setting: line.value for line in lines}
     assert values["threads"] == 2 and values["context_size"] is None and values["gpu_layers"] is None

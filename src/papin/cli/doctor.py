@@ -44,6 +44,7 @@ class _Report:
     endpoint: str | None = None
     reason: str | None = None
     migration: dict[str, Any] | None = None
+    safety: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
 
 
@@ -88,6 +89,7 @@ def _gather(state: CliState, model: str | None, refresh: bool) -> _Report:
     name = model or state.model or config.default_model or DEFAULT_MODEL_ID
     report = _Report(config, str(config_path()), hardware, name, problems=problems)
     _model_part(report)
+    _safety_part(report)
     _provider_part(report, state, refresh)
     _migration_part(report)
     return report
@@ -131,6 +133,47 @@ def _model_part(report: _Report) -> None:
     )
     if report.model_info is not None:
         report.fit = assess_fit(report.model_info, hw, context_size=config.context_size)
+
+
+def _safety_part(report: _Report) -> None:
+    """The crash-safety decisions: extra buffers for the embedded build (from the tuned
+    settings), ``--no-repack`` for llama-server, and the crash probe's stored verdicts."""
+    from papin.llm._tuning_backends import server_flags, server_safety
+    from papin.llm.errors import ProviderError
+    from papin.llm.factory import get_provider_factory
+    from papin.llm.tuning import extra_buffers_setting
+
+    hw = report.hardware
+    if report.tuned is not None:
+        report.safety["embedded"] = {
+            "extra_buffers": report.tuned.extra_buffers,
+            "reason": report.tuned.reasons.get("extra_buffers", ""),
+        }
+    if hw.llama.server_binary:
+        mode = "auto"
+        try:
+            server = get_provider_factory().make_config(
+                "llamacpp_server", report.config.settings_for("llamacpp_server")
+            )
+            mode = str(getattr(server, "extra_buffers", "auto"))
+        except ProviderError as exc:
+            report.problems.append(f"llamacpp_server settings: {one_line(str(exc))}")
+        flags, why = server_safety(
+            hw.cpu, extra_buffers_setting(mode), server_flags(hw.llama.server_binary), set()
+        )
+        report.safety["llama_server"] = {"flags": list(flags), "reason": why}
+    if report.model_info is not None and report.tuned is not None and hw.llama.package_version:
+        from papin.llm.providers._llama_probe import verdicts_for
+        from papin.llm.providers._llama_runtime import LoadSettings
+
+        t = report.tuned
+        settings = LoadSettings(t.context_size, t.threads, t.batch_size, t.gpu_layers)
+        try:
+            found = verdicts_for(report.model_info.quantization, settings)
+        except Exception as exc:  # the report never fails on one part
+            report.problems.append(f"crash probe verdicts: {type(exc).__name__}: {exc}")
+            found = {}
+        report.safety["probe"] = {k: {**v.to_record(), "verdict": v.describe()} for k, v in found.items()}
 
 
 def _provider_part(report: _Report, state: CliState, refresh: bool) -> None:
@@ -184,6 +227,7 @@ def _as_json(r: _Report) -> dict[str, Any]:
             "info": r.model_info.to_dict() if r.model_info else None,
         },
         "optimizations": r.tuned.to_dict() if r.tuned else None,
+        "safety": r.safety,
         "fit": r.fit.to_dict() if r.fit else None,
         "discovery": r.discovery.to_dict() if r.discovery else None,
         "provider": {"chosen": r.chosen, "endpoint": r.endpoint, "reason": r.reason},
@@ -318,3 +362,20 @@ def _print_tuning(r: _Report) -> None:
         from papin.cli.models import VERDICTS
 
         click.echo(f"  Fit: {VERDICTS[r.fit.verdict]}: {r.fit.summary}")
+    _print_safety(r)
+
+
+def _print_safety(r: _Report) -> None:
+    rows: list[tuple[str, str]] = []
+    server = r.safety.get("llama_server")
+    if server is not None:
+        flags = " ".join(server["flags"]) or "no safety flags"
+        rows.append(("llama-server", f"{flags}: {server['reason']}"))
+    probe = r.safety.get("probe")
+    if probe is not None:
+        seen = [f"{k}: {v['verdict']} ({v['seconds']} s, {v['when']})" for k, v in probe.items()]
+        never = "not run yet for this model (it runs before the first load)"
+        rows.append(("crash probe", "; ".join(seen) or never))
+    if rows:
+        _heading("Crash safety")
+        _rows(rows)

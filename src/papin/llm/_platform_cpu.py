@@ -36,7 +36,8 @@ _X86_FLAGS = {
     "pni": "sse3", "ssse3": "ssse3", "sse4_1": "sse4_1", "sse4_2": "sse4_2", "avx": "avx",
     "avx2": "avx2", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vl": "avx512vl",
     "avx512_vnni": "avx512vnni", "avx512_bf16": "avx512bf16", "avx_vnni": "avxvnni",
-    "f16c": "f16c", "fma": "fma", "bmi2": "bmi2", "amx_tile": "amx",
+    "f16c": "f16c", "fma": "fma", "bmi2": "bmi2", "amx_tile": "amx", "amx_int8": "amx_int8",
+    "amx_bf16": "amx_bf16",
 }  # fmt: skip
 #: ARM ``Features`` kept, renamed.
 _ARM_FLAGS = {

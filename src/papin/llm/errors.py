@@ -14,6 +14,7 @@ class to react (retry a :class:`RateLimitedError`, pull on :class:`ModelNotFound
     │   ├── RateLimitedError         429 / 503 (busy, loading); .retry_after seconds
     │   ├── ModelNotFoundError       the model is not installed or not known
     │   └── GenerationError          generation failed (also an error inside a 200 stream)
+    │       └── NativeCrashError     llama.cpp died by a signal (in a probe child or the isolated worker)
     ├── ProtocolError                malformed, truncated or unexpected response
     ├── DownloadError                a model download failed
     ├── CancelledError               the caller stopped the operation
@@ -36,6 +37,7 @@ __all__ = [
     "GenerationError",
     "InvalidModelFileError",
     "ModelNotFoundError",
+    "NativeCrashError",
     "ProtocolError",
     "ProviderAPIError",
     "ProviderError",
@@ -168,6 +170,35 @@ class GenerationError(ProviderAPIError):
     """Generation failed, including an error reported inside a successful (200) stream."""
 
     kind = "generation"
+
+
+class NativeCrashError(GenerationError):
+    """llama.cpp itself crashed (a signal such as SIGSEGV or SIGILL, or an out-of-memory kill)
+    in a process papin runs for it: the crash probe before a first load, or the isolated
+    worker (``isolation: "process"``). The caller's process survives; the message says what
+    crashed and what to do instead.
+
+    Attributes:
+        signal: The signal's name (``"SIGSEGV"``), when the process died by one.
+        stage: What the process was doing: ``"load"``, ``"decode"`` or ``"generate"``.
+        settings: The load settings that crashed (``{"extra_buffers": True}``...).
+    """
+
+    kind = "native_crash"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        signal: str | None = None,
+        stage: str | None = None,
+        settings: dict[str, Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(message, **kw)
+        self.signal = signal
+        self.stage = stage
+        self.settings = dict(settings or {})
 
 
 class ProtocolError(ProviderError):

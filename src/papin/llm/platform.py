@@ -74,7 +74,8 @@ class CpuInfo:
     """The CPU.
 
     ``features`` are lower-case names among ``sse3 ssse3 sse4_1 sse4_2 avx avx2 avx512f
-    avx512bw avx512vl avx512vnni avx512bf16 avxvnni f16c fma bmi2 amx`` (x86) and ``neon fp16
+    avx512bw avx512vl avx512vnni avx512bf16 avxvnni f16c fma bmi2 amx amx_int8 amx_bf16`` (x86) and
+    ``neon fp16
     dotprod i8mm sve sve2`` (ARM). ``available_cores`` is how many CPUs this process may use
     (CPU affinity and cgroup CPU quota), ``None`` when unlimited or unknown;
     ``performance_cores`` counts the performance cores of a hybrid CPU (Apple Silicon).

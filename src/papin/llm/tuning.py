@@ -35,6 +35,11 @@ The rules:
   offloaded layers to the GPU either way, and a model larger than RAM still runs (slowly)
   instead of failing. Turning it off only helps on systems that page mapped files out
   aggressively, which mlock handles better.
+* **extra buffers** (llama.cpp's extra buffer types: weights repacked for the CPU's SIMD
+  kernels, and AMX tiles): a safety decision, made whether optimisations are on or off. Off on
+  a CPU with AMX (Intel Sapphire Rapids and later) whose llama.cpp build uses AMX, where these
+  buffers crash the process in the first decode (ggml-org/llama.cpp#20824, ollama#17205); on
+  everywhere else, where they are safe and faster (see :func:`choose_extra_buffers`).
 * **mlock**: on only when the weights that stay in RAM fit comfortably (at most a quarter of
   the usable RAM, and with their KV cache at most half of the available RAM), the process may
   lock that much (``RLIMIT_MEMLOCK`` or ``CAP_IPC_LOCK``) and the build supports it; then the
@@ -49,7 +54,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
+
+from pydantic import BeforeValidator
 
 from papin.llm.gguf_info import GGUFInfo
 from papin.llm.platform import CpuInfo
@@ -65,7 +72,11 @@ __all__ = [
     "SETTINGS",
     "OptimizationLine",
     "TunedSettings",
+    "EXTRA_BUFFERS_MODES",
+    "ExtraBuffers",
+    "extra_buffers_setting",
     "choose_batch",
+    "choose_extra_buffers",
     "choose_threads",
     "compute_buffer_bytes",
     "describe_optimizations",
@@ -99,7 +110,34 @@ KV_CACHE_TYPES: dict[str, float] = {
     "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
 }  # fmt: skip
 #: The settings papin tunes, in display order.
-SETTINGS = ("threads", "context_size", "batch_size", "gpu_layers", "use_mmap", "use_mlock")
+SETTINGS = ("threads", "context_size", "batch_size", "gpu_layers", "use_mmap", "use_mlock", "extra_buffers")
+#: Values of the ``extra_buffers`` setting: ``auto`` lets :func:`choose_extra_buffers` decide.
+EXTRA_BUFFERS_MODES = ("auto", "on", "off")
+
+
+def _extra_buffers_mode(value: Any) -> Any:
+    """``true``/``false`` (YAML's ``on``/``off`` arrive as booleans) as ``"on"``/``"off"``."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+#: The ``extra_buffers`` setting of the embedded provider and the managed llama-server:
+#: ``auto`` (papin decides for this CPU and build), ``on`` or ``off``.
+ExtraBuffers = Annotated[Literal["auto", "on", "off"], BeforeValidator(_extra_buffers_mode)]
+
+
+def extra_buffers_setting(mode: str) -> bool | None:
+    """The user's ``extra_buffers`` as a load setting: ``None`` for ``auto``.
+
+    >>> extra_buffers_setting("auto"), extra_buffers_setting("on"), extra_buffers_setting("off")
+    (None, True, False)
+    """
+    return None if mode == "auto" else mode == "on"
+
+
+#: ``llama_print_system_info()`` features that mean the build runs AMX kernels.
+_AMX_BUILD_FEATURES = frozenset({"amx_int8", "amx_bf16", "amx"})
 
 
 class OptimizationLine(NamedTuple):
@@ -116,6 +154,7 @@ class TunedSettings:
 
     ``gpu_layers`` counts llama.cpp layers (``block_count + 1`` means everything, the output
     layer included); ``total_layers`` is that full count when the model is known.
+    ``extra_buffers`` is llama.cpp's ``use_extra_bufts`` (``--no-repack`` when off).
     """
 
     threads: int
@@ -126,6 +165,7 @@ class TunedSettings:
     use_mlock: bool
     reasons: dict[str, str] = field(default_factory=dict)
     total_layers: int | None = None
+    extra_buffers: bool = True
 
     def describe(self) -> list[OptimizationLine]:
         """(setting, value, reason) for every setting, in :data:`SETTINGS` order."""
@@ -301,6 +341,41 @@ def choose_batch(info: GGUFInfo | None, memory: int) -> tuple[int, str]:
     )
 
 
+def choose_extra_buffers(cpu: CpuInfo, build_features: frozenset[str] | None) -> tuple[bool, str]:
+    """Whether llama.cpp may use its extra buffer types on ``cpu`` with a build reporting
+    ``build_features`` (``None``: unknown, as for a ``llama-server`` binary), and why.
+
+    Off only where they crash: a CPU with AMX whose build runs AMX kernels (or may: unknown
+    features). Everywhere else they stay on, so nothing gets slower.
+
+    >>> amx = CpuInfo("Xeon", "x86_64", 2, 4, frozenset({"avx512f", "amx", "amx_int8"}))
+    >>> choose_extra_buffers(amx, frozenset({"avx512", "amx_int8"}))[0]
+    False
+    >>> choose_extra_buffers(amx, frozenset({"avx512"}))[0], choose_extra_buffers(amx, None)[0]
+    (True, False)
+    >>> choose_extra_buffers(CpuInfo("EPYC", "x86_64", 2, 4, frozenset({"avx2"})), None)[0]
+    True
+    """
+    cpu_amx = sorted(f for f in cpu.features if f.startswith("amx"))
+    if not cpu_amx:
+        return True, "no AMX on this CPU: repacked weights are safe and faster"
+    crash = (
+        "llama.cpp's extra buffers (AMX and repacked weights) crash the first decode on AMX CPUs "
+        "(ggml-org/llama.cpp#20824)"
+    )
+    if build_features is None:
+        return False, f"this CPU has AMX ({', '.join(cpu_amx)}) and the build's features are unknown: {crash}"
+    used = sorted(_AMX_BUILD_FEATURES & build_features)
+    if used:
+        return False, f"this CPU has AMX and this llama.cpp build uses it ({', '.join(used)}): {crash}"
+    return True, "this CPU has AMX but this llama.cpp build does not use it: extra buffers are safe"
+
+
+def _build_features(hardware: HardwareInfo) -> frozenset[str] | None:
+    """The embedded build's features, ``None`` when it was not probed."""
+    return hardware.llama.features if hardware.llama.system_info is not None else None
+
+
 def tune(
     hardware: HardwareInfo | None = None,
     model: GGUFInfo | None = None,
@@ -331,6 +406,7 @@ def tune(
     runs_in = max(budget, ram) if offload else ram
     batch, reasons["batch_size"] = choose_batch(model, runs_in)
     reasons["use_mmap"] = "memory-map the file (fast load, shared page cache; see papin.llm.tuning)"
+    extra, reasons["extra_buffers"] = choose_extra_buffers(hardware.cpu, _build_features(hardware))
     if model is None:
         reasons["context_size"] = "depends on the model (see 'papin models fit MODEL')"
         reasons["gpu_layers"] = (
@@ -338,7 +414,7 @@ def tune(
         )
         reasons["use_mlock"] = "depends on the model"
         ctx = context_size or DEFAULT_CONTEXT_CAP
-        return TunedSettings(threads, ctx, min(batch, ctx), 0, True, False, reasons)
+        return TunedSettings(threads, ctx, min(batch, ctx), 0, True, False, reasons, extra_buffers=extra)
 
     ctx, reasons["context_size"] = _context(model, hardware, budget, unified, batch, cache_type, context_size)
     total_layers = len(layer_sizes(model)[0]) + 1
@@ -350,7 +426,7 @@ def tune(
         layers, gpu_bytes = 0, 0
         reasons["gpu_layers"] = _no_offload_reason(hardware, gpu_offload)
     mlock, reasons["use_mlock"] = _mlock(model, hardware, layers, total_layers, ctx, cache_type)
-    return TunedSettings(threads, ctx, min(batch, ctx), layers, True, mlock, reasons, total_layers)
+    return TunedSettings(threads, ctx, min(batch, ctx), layers, True, mlock, reasons, total_layers, extra)
 
 
 def _no_offload_reason(hardware: HardwareInfo, gpu_offload: bool | None) -> str:
@@ -433,17 +509,23 @@ def _mlock(
     )
 
 
-def plain_settings(model: GGUFInfo | None = None) -> TunedSettings:
+def plain_settings(model: GGUFInfo | None = None, hardware: HardwareInfo | None = None) -> TunedSettings:
     """Settings with optimisations off: llama-cpp-python's defaults (threads: half the CPUs,
     batch 512, no offload, mmap on, mlock off) and a context of :data:`PLAIN_CONTEXT` bounded by
-    the trained context (its own default, 512, is too small for a chat)."""
+    the trained context (its own default, 512, is too small for a chat).
+
+    ``extra_buffers`` is a safety decision, not an optimisation: with ``hardware`` it is
+    :func:`choose_extra_buffers`'s, without it llama.cpp's default (on)."""
     trained = model.context_length if model and model.context_length else PLAIN_CONTEXT
     ctx = min(PLAIN_CONTEXT, trained)
     why = "optimisations are off: library default"
     reasons = dict.fromkeys(SETTINGS, why)
     reasons["context_size"] = f"optimisations are off: {PLAIN_CONTEXT}, or the trained context if smaller"
     threads = max((os.cpu_count() or 2) // 2, 1)
-    return TunedSettings(threads, ctx, min(DEFAULT_BATCH, ctx), 0, True, False, reasons)
+    extra = True
+    if hardware is not None:
+        extra, reasons["extra_buffers"] = choose_extra_buffers(hardware.cpu, _build_features(hardware))
+    return TunedSettings(threads, ctx, min(DEFAULT_BATCH, ctx), 0, True, False, reasons, extra_buffers=extra)
 
 
 def describe_optimizations(

@@ -1,20 +1,24 @@
-"""In-process llama.cpp runtime: loaded-model pool and token generation off the event loop.
+"""In-process llama.cpp runtime: loading models, and the pool of loaded models.
 
 * Models stay loaded between calls; an idle model is unloaded after ``keep_alive`` seconds
   (a daemon timer, so it also works between calls of the synchronous facade), and at most
   ``max_loaded`` models stay loaded (least recently used evicted).
 * One llama.cpp context is not thread-safe: each loaded model has a lock, and requests to
   the same model run one after another (queued, never interleaved).
-* Generation runs in a worker thread and hands chunks to the event loop; setting the
-  request's stop flag ends generation at the next token (checked inside llama.cpp's
-  sampling loop through a logits processor, and between chunks).
+* The pool does not care where a model lives: :func:`load_llama` loads it into this process,
+  and the isolated mode (:mod:`papin.llm.providers._llama_isolated`) gives the pool a loader
+  whose handles stand for models in a worker process. A handle whose ``alive`` is false (its
+  worker died) counts as not loaded.
+* :func:`load_llama` applies papin's load settings, ``extra_buffers`` included (llama.cpp's
+  ``use_extra_bufts``, which llama-cpp-python does not expose), and loads a
+  :class:`~llama_cpp.Llama` whose prompt-cache reuse keeps greedy output deterministic (see
+  :func:`reusable_prefix`).
 
 This module imports ``llama_cpp`` lazily (only when a model is loaded).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import gc
 import logging
@@ -22,16 +26,26 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 logger = logging.getLogger("papin.llamacpp")
 
-__all__ = ["GenerationJob", "LlamaPool", "LoadSettings", "LoadedLlama", "import_llama_cpp"]
+__all__ = [
+    "LlamaPool",
+    "LoadSettings",
+    "LoadedLlama",
+    "import_llama_cpp",
+    "load_llama",
+    "reusable_prefix",
+]
 
 _log_callback: Any = None  # keeps the ctypes callback alive
+_hook_lock = threading.Lock()
+_load_state = threading.local()
+_aligned_class: Any = None
 
 
 def import_llama_cpp() -> Any:
@@ -61,6 +75,135 @@ class LoadSettings:
     use_mlock: bool = False
     seed: int | None = None
     chat_format: str | None = None
+    #: llama.cpp's extra buffer types (repacked weights, AMX); off where they crash.
+    extra_buffers: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data (sent to the isolated worker and the crash probe)."""
+        return asdict(self)
+
+
+def reusable_prefix(cached: Sequence[int], tokens: Sequence[int], n_batch: int, prompt_end: int) -> int:
+    """How many cached tokens a new prompt ``tokens`` may reuse, so that its logits are exactly
+    those of a fresh evaluation.
+
+    llama.cpp's numerics depend on the batch a token is evaluated in (a batch of one and a
+    batch of the whole prompt take different kernels), so a prompt evaluated after reusing the
+    cache up to its last token can give other text than the same prompt right after a load
+    (on AMX CPUs, and on any CPU with extra buffers off). papin therefore reuses the cache
+    only in whole batches of ``n_batch`` from the start, and only over tokens that were
+    evaluated as a prompt (``prompt_end``; generated tokens were evaluated one by one): the
+    rest is evaluated in the same batches a fresh evaluation uses.
+
+    >>> reusable_prefix([1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6], n_batch=4, prompt_end=6)
+    4
+    >>> reusable_prefix([1, 2, 3, 4, 9], [1, 2, 3, 4, 5, 6, 7, 8, 10], n_batch=2, prompt_end=5)
+    4
+    >>> reusable_prefix([1, 2, 3, 4, 5, 6, 7, 8], [1, 2, 3, 4, 5, 6, 7, 8, 9], n_batch=2, prompt_end=3)
+    2
+    >>> reusable_prefix([1, 2, 3], [1, 2, 3], n_batch=512, prompt_end=3)
+    0
+    """
+    common = 0
+    for a, b in zip(cached, tokens, strict=False):
+        if a != b:
+            break
+        common += 1
+    limit = min(common, len(tokens) - 1, prompt_end)
+    return max(0, limit) // max(1, n_batch) * n_batch
+
+
+def _llama_class(llama_cpp: Any) -> Any:
+    """``llama_cpp.Llama`` with batch-aligned prompt-cache reuse (:func:`reusable_prefix`)."""
+    global _aligned_class
+    if _aligned_class is None:
+
+        base: Any = llama_cpp.Llama
+
+        class BatchAlignedLlama(base):  # type: ignore[misc]
+            """Reuses its KV cache only where the logits stay those of a fresh evaluation
+            (``exact_cache``; otherwise llama-cpp-python's longest-prefix reuse)."""
+
+            _papin_prompt_end = 0
+            exact_cache = True
+
+            def generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Any:
+                tokens = list(tokens)
+                me: Any = self
+                if me.exact_cache:
+                    keep = reusable_prefix(me._input_ids, tokens, me.n_batch, me._papin_prompt_end)
+                    me.n_tokens = min(me.n_tokens, keep)
+                me._papin_prompt_end = len(tokens)
+                return super().generate(tokens, *args, **kwargs)
+
+        _aligned_class = BatchAlignedLlama
+    return _aligned_class
+
+
+def _install_param_hook(llama_cpp: Any) -> None:
+    """Let :func:`load_llama` set ``llama_model_params`` fields llama-cpp-python does not expose.
+
+    ``Llama.__init__`` builds its model parameters with ``llama_model_default_params()``; the
+    wrapper installed here (once) applies the fields set for the *current thread* only, so
+    other users of llama-cpp-python in this process are not affected.
+    """
+    with _hook_lock:
+        low = llama_cpp.llama_cpp
+        if getattr(low.llama_model_default_params, "_papin_hook", False):
+            return
+        original = low.llama_model_default_params
+
+        def default_params() -> Any:
+            params = original()
+            for name, value in getattr(_load_state, "model_params", {}).items():
+                setattr(params, name, value)
+            return params
+
+        default_params._papin_hook = True  # type: ignore[attr-defined]
+        low.llama_model_default_params = default_params
+
+
+def load_llama(path: str, s: LoadSettings) -> Any:
+    """Load ``path`` with ``s`` into this process (blocking; llama.cpp's C errors arrive as
+    ``ValueError``). Raises ``ValueError`` too when ``extra_buffers`` must be off and this
+    llama-cpp-python cannot turn them off."""
+    llama_cpp = import_llama_cpp()
+    kwargs: dict[str, Any] = {
+        "model_path": path,
+        "n_ctx": s.n_ctx,
+        "n_threads": s.n_threads,
+        "n_batch": s.n_batch,
+        "n_gpu_layers": s.n_gpu_layers,
+        "use_mmap": s.use_mmap,
+        "use_mlock": s.use_mlock,
+        "verbose": False,
+    }
+    if s.seed is not None:
+        kwargs["seed"] = s.seed
+    if s.chat_format is not None:
+        kwargs["chat_format"] = s.chat_format
+    overrides: dict[str, Any] = {}
+    if not s.extra_buffers:
+        fields = {name for name, *_ in llama_cpp.llama_model_params._fields_}
+        if "use_extra_bufts" not in fields:
+            raise ValueError(
+                "extra buffers must be off on this CPU, but this llama-cpp-python has no "
+                "use_extra_bufts model parameter; upgrade llama-cpp-python"
+            )
+        overrides["use_extra_bufts"] = False
+        _install_param_hook(llama_cpp)
+    _load_state.model_params = overrides
+    try:
+        return _llama_class(llama_cpp)(**kwargs)
+    finally:
+        _load_state.model_params = {}
+
+
+Loader = Callable[[str, str, LoadSettings], Any]
+
+
+def _load_in_process(model_id: str, path: str, settings: LoadSettings) -> Any:
+    return load_llama(path, settings)
 
 
 @dataclass(eq=False)
@@ -79,14 +222,24 @@ class LoadedLlama:
     size_bytes: int = 0
     #: Tokens sampled on this model so far (diagnostics; tests count tokens after a stop).
     tokens_generated: int = 0
+    #: Tokens sampled after the stop request of the last stopped generation (0 or 1).
+    tokens_after_stop: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        """Whether the model is still usable (false once its isolated worker died)."""
+        return self.llama is not None and bool(getattr(self.llama, "alive", True))
 
 
 class LlamaPool:
     """Loaded models by id, with LRU eviction and keep-alive unloading."""
 
-    def __init__(self, *, max_loaded: int = 1, keep_alive: float | None = 300.0) -> None:
+    def __init__(
+        self, *, max_loaded: int = 1, keep_alive: float | None = 300.0, loader: Loader | None = None
+    ) -> None:
         self.max_loaded = max_loaded
         self.keep_alive = keep_alive
+        self.loader: Loader = loader or _load_in_process
         self._models: OrderedDict[str, LoadedLlama] = OrderedDict()
         self._lock = threading.RLock()
         self._timers: dict[str, threading.Timer] = {}
@@ -105,18 +258,20 @@ class LlamaPool:
     def loaded(self) -> list[LoadedLlama]:
         """Models in memory, most recently used last."""
         with self._lock:
-            return list(self._models.values())
+            return [e for e in self._models.values() if e.alive]
 
     def get(self, model_id: str) -> LoadedLlama | None:
         """The loaded model ``model_id``, if any."""
         with self._lock:
-            return self._models.get(model_id)
+            entry = self._models.get(model_id)
+            return entry if entry is not None and entry.alive else None
 
     def acquire(self, model_id: str, path: str, settings: LoadSettings) -> tuple[LoadedLlama, float | None]:
         """Return the loaded model (loading it, or reloading it with new settings, if needed),
         marked busy. Returns the load time when this call loaded it. Blocking: run in a thread.
         """
         with self._lock:
+            self._drop_dead()
             entry = self._models.get(model_id)
             if entry is not None and entry.settings == settings and entry.path == path:
                 entry.busy += 1
@@ -128,7 +283,7 @@ class LlamaPool:
                 self._unload_locked(model_id, wait=True)
             self._evict_for_one_more()
             started = time.perf_counter()
-            llama = self._load(path, settings)
+            llama = self.loader(model_id, path, settings)
             entry = LoadedLlama(model_id, path, settings, llama, time.perf_counter() - started)
             entry.size_bytes = os.path.getsize(path)
             entry.busy = 1
@@ -155,24 +310,11 @@ class LlamaPool:
                 self._unload_locked(model_id, wait=True)
 
     # -- internals ------------------------------------------------------------------------
-    @staticmethod
-    def _load(path: str, s: LoadSettings) -> Any:
-        llama_cpp = import_llama_cpp()
-        kwargs: dict[str, Any] = {
-            "model_path": path,
-            "n_ctx": s.n_ctx,
-            "n_threads": s.n_threads,
-            "n_batch": s.n_batch,
-            "n_gpu_layers": s.n_gpu_layers,
-            "use_mmap": s.use_mmap,
-            "use_mlock": s.use_mlock,
-            "verbose": False,
-        }
-        if s.seed is not None:
-            kwargs["seed"] = s.seed
-        if s.chat_format is not None:
-            kwargs["chat_format"] = s.chat_format
-        return llama_cpp.Llama(**kwargs)
+    def _drop_dead(self) -> None:
+        """Forget models whose worker died (nothing to close: their memory went with it)."""
+        for model_id in [m for m, e in self._models.items() if not e.alive]:
+            self._cancel_timer(model_id)
+            self._models.pop(model_id).llama = None
 
     def _evict_for_one_more(self) -> None:
         while len(self._models) >= max(1, self.max_loaded):
@@ -186,6 +328,7 @@ class LlamaPool:
         self._cancel_timer(model_id)
         if entry is None:
             return False
+        was_alive = entry.alive
         if wait:
             with entry.lock:  # let a running generation finish first
                 entry.llama.close()
@@ -194,7 +337,7 @@ class LlamaPool:
         entry.llama = None
         gc.collect()
         logger.info("unloaded %s", model_id)
-        return True
+        return was_alive
 
     def _arm_timer(self, model_id: str) -> None:
         self._cancel_timer(model_id)
@@ -220,91 +363,3 @@ class LlamaPool:
                 self._arm_timer(model_id)
                 return
             self._unload_locked(model_id, wait=True)
-
-
-@dataclass
-class GenerationJob:
-    """One generation request run in a worker thread.
-
-    ``produce`` is called in the worker with :meth:`stopping_criteria` and returns the
-    llama-cpp-python stream. The worker stops between chunks once ``stop`` is set (chunks
-    come one per token), and completions also stop inside llama.cpp's loop.
-    """
-
-    produce: Callable[[Any], Iterator[dict[str, Any]]]
-    entry: LoadedLlama
-    stop: threading.Event = field(default_factory=threading.Event)
-    tokens_sampled: int = 0
-    prompt_tokens: int | None = None
-    #: Stream chunks produced (one per token; the count for chats, which take no criteria).
-    chunks: int = 0
-    #: The request's token limit (the criteria also see the sample that hits the limit).
-    max_tokens: int | None = None
-
-    def stopping_criteria(self, input_ids: Any, logits: Any) -> bool:
-        """Called by llama-cpp-python after each sampled token (completions): counts tokens
-        and ends generation as soon as the job is stopped. It touches no logits, so it costs
-        nothing measurable (a logits processor copies the whole vocabulary every token)."""
-        if self.prompt_tokens is None:
-            self.prompt_tokens = len(input_ids)
-        if self.stop.is_set():
-            return True  # this sample is discarded: generation ends here
-        self.tokens_sampled += 1
-        self.entry.tokens_generated += 1
-        return False
-
-
-async def run_in_worker(
-    executor: ThreadPoolExecutor, entry: LoadedLlama, job: GenerationJob
-) -> AsyncIterator[dict[str, Any]]:
-    """Run ``job`` on ``entry`` in the pool's worker thread, yielding its chunks on the loop.
-
-    Closing the iterator (or cancelling the task) sets the stop flag and waits until the
-    worker has really stopped, so the model is free for the next request.
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    done = threading.Event()
-
-    def put(kind: str, payload: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
-        except RuntimeError:  # loop closed: nobody is listening any more
-            job.stop.set()
-
-    def work() -> None:
-        try:
-            with entry.lock:
-                if job.stop.is_set():
-                    return
-                stream = job.produce(job.stopping_criteria)
-                try:
-                    for chunk in stream:
-                        job.chunks += 1
-                        if job.stop.is_set():
-                            break
-                        put("chunk", chunk)
-                finally:
-                    close = getattr(stream, "close", None)
-                    if close is not None:
-                        close()
-        except BaseException as exc:  # reported to the caller, never lost
-            put("error", exc)
-        finally:
-            done.set()
-            put("end", None)
-
-    executor.submit(work)
-    try:
-        while True:
-            kind, payload = await queue.get()
-            if kind == "chunk":
-                yield payload
-            elif kind == "error":
-                raise payload
-            elif kind == "end":
-                return
-    finally:
-        job.stop.set()
-        if not done.is_set():
-            await asyncio.shield(loop.run_in_executor(None, done.wait))

@@ -21,6 +21,7 @@ from papin.llm.providers._llama_server_process import (
     spec_for_model,
 )
 from papin.llm.store import DEFAULT_MODEL_ID
+from papin.llm.tuning import extra_buffers_setting
 
 if TYPE_CHECKING:
     from papin.llm.providers.llamacpp_server import LlamaCppServerConfig
@@ -118,6 +119,7 @@ class ManagedServer:
             api_key=c.api_key,
             extra_args=tuple(c.extra_args),
             optimize=c.optimize,
+            extra_buffers=extra_buffers_setting(c.extra_buffers),
         )
 
     async def ensure(

@@ -22,18 +22,13 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
-import concurrent.futures
 import contextlib
-import ctypes
 import http.client
 import importlib
 import os
-import queue
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -43,6 +38,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from papin.llm.errors import ProviderTimeoutError, ProviderUnavailableError
+from papin.llm.providers._child_process import follow_output, signal_description, spawn, terminate
 
 if TYPE_CHECKING:
     from papin.llm.platform import HardwareInfo
@@ -193,11 +189,13 @@ def spec_for_model(
     extra_args: tuple[str, ...] = (),
     optimize: bool = True,
     hardware: HardwareInfo | None = None,
+    extra_buffers: bool | None = None,
     **settings: Any,
 ) -> ServerSpec:
     """How papin serves a store model: the given settings, the others (with ``optimize``)
     fitted to this machine and model (see :func:`papin.llm._tuning_backends.server_launch`),
-    and a built-in chat template for a GGUF that has none (by architecture)."""
+    and a built-in chat template for a GGUF that has none (by architecture). ``extra_buffers``
+    (``None``: papin decides for this CPU) is passed as ``--no-repack`` where it must be off."""
     from papin.llm._tuning_backends import server_launch
     from papin.llm.wire.llamacpp import ARCHITECTURE_TEMPLATES
 
@@ -207,6 +205,7 @@ def spec_for_model(
         "threads": threads,
         "gpu_layers": gpu_layers,
         "batch_size": batch_size,
+        "extra_buffers": extra_buffers,
     }
     fields, load_args = server_launch(
         info, stored.path, binary, user, extra_args=extra_args, optimize=optimize, hardware=hardware
@@ -227,87 +226,27 @@ def spec_for_model(
 # -- process plumbing ----------------------------------------------------------------------------
 
 
-def _death_signal_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child die with its parent (Linux), else ``None``."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    parent = os.getpid()
-
-    def hook() -> None:  # runs in the child between fork and exec
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return hook
-
-
-class _Spawner:
-    """One daemon thread that forks every server (so PDEATHSIG is tied to a thread that lives
-    as long as the interpreter, not to whichever thread asked for the server)."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]]
-        self._jobs = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="papin-llama-spawner", daemon=True)
-                self._thread.start()
-        self._jobs.put((fn, future))
-        return future
-
-    def _run(self) -> None:
-        while True:
-            fn, future = self._jobs.get()
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:  # handed to the caller
-                    future.set_exception(exc)
-
-
-_SPAWNER = _Spawner()
 _LIVE: weakref.WeakSet[LlamaServerProcess] = weakref.WeakSet()
-
-
-def _signal_group(proc: subprocess.Popen[bytes], kill: bool) -> None:
-    """SIGTERM (or SIGKILL) the server's process group (its own session: router children too)."""
-    if os.name != "posix":  # pragma: no cover - Windows has no process groups to signal
-        with contextlib.suppress(OSError):
-            proc.kill() if kill else proc.terminate()
-        return
-    sig = signal.SIGKILL if kill else signal.SIGTERM
-    try:
-        os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(sig)
-
-
-def _terminate(proc: subprocess.Popen[bytes], grace: float) -> None:
-    """SIGTERM, wait ``grace`` seconds, then SIGKILL the server and its process group."""
-    if proc.poll() is None:
-        _signal_group(proc, kill=False)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, kill=True)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(5.0)
-
 
 @atexit.register
 def _stop_all() -> None:
     for server in list(_LIVE):
         server.stop(grace=2.0)
+
+
+def _crash_note(code: int | None) -> str:
+    """What a negative exit status means, with the setting that avoids a known crash.
+
+    >>> _crash_note(-4)
+    ' (killed by signal SIGILL (illegal instruction); on a CPU with AMX set extra_buffers to off)'
+    >>> _crash_note(1)
+    ''
+    """
+    name, how = signal_description(code)
+    if name is None:
+        return ""
+    hint = "; on a CPU with AMX set extra_buffers to off" if name in ("SIGILL", "SIGSEGV") else ""
+    return f" ({how}{hint})"
 
 
 class LlamaServerProcess:
@@ -401,30 +340,15 @@ class LlamaServerProcess:
             self._port = free_port(self.spec.host)
         command = self.spec.command(self._port)
         self._log.append(f"$ {' '.join(command)}")
-        proc = _SPAWNER.submit(
-            lambda: subprocess.Popen(
-                command,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=self.spec.environment(),
-                start_new_session=True,
-                preexec_fn=_death_signal_hook(),  # deliberate, see the module docstring
-            )
-        ).result()
-        reader = threading.Thread(target=self._read_log, args=(proc,), name="papin-llama-log", daemon=True)
-        reader.start()
+        proc = spawn(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=self.spec.environment(),
+        )
+        follow_output(proc, self._log, "papin-llama-log")
         return proc
-
-    def _read_log(self, proc: subprocess.Popen[bytes]) -> None:
-        stream = proc.stdout
-        assert stream is not None
-        with contextlib.suppress(OSError, ValueError):
-            try:
-                for raw in stream:
-                    self._log.append(raw.decode("utf-8", "replace").rstrip())
-            finally:
-                stream.close()
 
     def _launch(self) -> None:
         """Fork the server if it is not running (blocking: call it from a worker thread)."""
@@ -440,7 +364,7 @@ class LlamaServerProcess:
             self._proc = proc
             if self._finalizer is not None:
                 self._finalizer.detach()
-            self._finalizer = weakref.finalize(self, _terminate, proc, 2.0)
+            self._finalizer = weakref.finalize(self, terminate, proc, 2.0)
             _LIVE.add(self)
 
     def _probe(self) -> tuple[int, str, int | None]:
@@ -459,8 +383,8 @@ class LlamaServerProcess:
             if self._port is not None and "bind" in self.log_tail(40).lower():
                 self._port = None  # the port was taken meanwhile: pick another next time
             raise ProviderUnavailableError(
-                f"llama-server exited with status {code} before it was ready. Its last output:\n"
-                f"{self.log_tail()}",
+                f"llama-server exited with status {code}{_crash_note(code)} before it was ready. "
+                f"Its last output:\n{self.log_tail()}",
                 provider=_PROVIDER,
             )
         if status == 200:
@@ -532,7 +456,7 @@ class LlamaServerProcess:
                         await asyncio.sleep(delay)
                 except ProviderTimeoutError:
                     if self._proc is not None:
-                        await asyncio.to_thread(_terminate, self._proc, 1.0)
+                        await asyncio.to_thread(terminate, self._proc, 1.0)
                     raise
                 except ProviderUnavailableError as exc:
                     if attempt or self._port is not None:
@@ -555,7 +479,7 @@ class LlamaServerProcess:
                 time.sleep(delay)
         except ProviderTimeoutError:
             if self._proc is not None:
-                _terminate(self._proc, 1.0)
+                terminate(self._proc, 1.0)
             raise
         return time.monotonic() - started
 
@@ -577,7 +501,8 @@ class LlamaServerProcess:
             )
             self._set_state("failed", f"exited with status {code}")
             raise ProviderUnavailableError(
-                f"llama-server (port {self._port}) exited with status {code} and papin will not "
+                f"llama-server (port {self._port}) exited with status {code}{_crash_note(code)} and "
+                "papin will not "
                 f"restart it: {why}. Its last output:\n{self.log_tail()}",
                 provider=_PROVIDER,
             )
@@ -608,7 +533,7 @@ class LlamaServerProcess:
                 self._finalizer = None
             _LIVE.discard(self)
             if proc is not None:
-                _terminate(proc, self.stop_grace if grace is None else grace)
+                terminate(proc, self.stop_grace if grace is None else grace)
                 self._log.append(f"[papin] llama-server stopped (status {proc.returncode})")
 
     def __repr__(self) -> str:

@@ -16,15 +16,15 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib.metadata
 import importlib.util
 import inspect
-import re
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -32,18 +32,25 @@ from papin.llm.errors import (
     ConfigurationError,
     GenerationError,
     ModelNotFoundError,
+    NativeCrashError,
     ProviderUnavailableError,
 )
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import Messages, Provider, ProviderConfig, as_messages
-from papin.llm.providers._llama_runtime import (
+from papin.llm.providers._llama_exec import (
+    Event,
     GenerationJob,
+    GenerationRequest,
+    raise_for,
+    stream_in_thread,
+)
+from papin.llm.providers._llama_runtime import (
     LlamaPool,
     LoadedLlama,
     LoadSettings,
     import_llama_cpp,
-    run_in_worker,
 )
+from papin.llm.tuning import ExtraBuffers, extra_buffers_setting
 from papin.llm.types import (
     Capability,
     DownloadStatus,
@@ -56,6 +63,8 @@ from papin.llm.types import (
 )
 
 if TYPE_CHECKING:
+    from papin.llm.providers._llama_isolated import LlamaWorker
+    from papin.llm.providers._llama_probe import VerdictStore
     from papin.llm.store import ModelStore, StoredModel
     from papin.llm.tuning import TunedSettings
 
@@ -74,30 +83,6 @@ ARCHITECTURE_CHAT_FORMATS: dict[str, str] = {
     "qwen2": "qwen",
     "mistral": "mistral-instruct",
 }
-_CTX_ERROR = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
-
-
-#: Multimodal placeholder tokens (Gemma 3 and others) that base models emit as noise in text
-#: generation; they are dropped from the output.
-_PLACEHOLDERS = (
-    "<start_of_image>",
-    "<end_of_image>",
-    "<image_soft_token>",
-    "<start_of_audio>",
-    "<end_of_audio>",
-    "<audio_soft_token>",
-)
-
-
-def _strip_placeholders(text: str) -> str:
-    """Drop multimodal placeholder tokens from generated text.
-
-    >>> _strip_placeholders("<start_of_image>A robot")
-    'A robot'
-    """
-    for marker in _PLACEHOLDERS:
-        text = text.replace(marker, "")
-    return text
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -124,6 +109,28 @@ class LlamaCppConfig(ProviderConfig):
     )
     truncate_prompt: bool = Field(False, description="Cut over-long prompts (warns) instead of failing.")
     chat_format: str | None = Field(None, description="Force a llama-cpp-python chat format.")
+    extra_buffers: ExtraBuffers = Field(
+        "auto",
+        description="llama.cpp's extra buffer types (repacked weights, AMX): auto (off on AMX CPUs, "
+        "where they crash), on, off.",
+    )
+    isolation: Literal["thread", "process"] = Field(
+        "thread",
+        description="thread: models run in this process; process: in a supervised worker process, "
+        "so that a native crash fails only the request.",
+    )
+    prompt_cache: Literal["exact", "longest"] = Field(
+        "exact",
+        description="exact: reuse cached prompts only in whole batches, so greedy output never "
+        "depends on what ran before; longest: reuse the longest cached prefix (faster follow-up "
+        "turns of long chats; output may differ slightly from a fresh evaluation).",
+    )
+    crash_probe: bool = Field(
+        True,
+        description="Before the first load of a build/CPU/quantization/settings combination, load "
+        "and decode in a child process (verdict kept in papin's data directory).",
+    )
+    probe_timeout_seconds: float = Field(180.0, gt=0, description="Time limit of one crash probe.")
 
 
 def user_load_settings(config: LlamaCppConfig, options: GenerationOptions | None = None) -> dict[str, Any]:
@@ -137,6 +144,7 @@ def user_load_settings(config: LlamaCppConfig, options: GenerationOptions | None
         "gpu_layers": o.gpu_layers if o.gpu_layers is not None else c.gpu_layers,
         "use_mmap": c.use_mmap if "use_mmap" in c.model_fields_set else None,
         "use_mlock": c.use_mlock if "use_mlock" in c.model_fields_set else None,
+        "extra_buffers": extra_buffers_setting(c.extra_buffers),
     }
 
 
@@ -153,10 +161,19 @@ class LlamaCppProvider(Provider):
     def __init__(self, config: LlamaCppConfig | None = None) -> None:
         super().__init__(config)
         keep = self.config.keep_alive_seconds
+        #: The isolated worker (``isolation: "process"``), else ``None``.
+        self.worker: LlamaWorker | None = None
+        if self.config.isolation == "process":
+            from papin.llm.providers._llama_isolated import LlamaWorker
+
+            self.worker = LlamaWorker(provider=self.name)
         self.pool = LlamaPool(
             max_loaded=self.config.max_loaded_models,
             keep_alive=None if keep is None or keep < 0 else keep,
+            loader=self.worker.loader if self.worker is not None else None,
         )
+        self._verdicts: VerdictStore | None = None
+        self._build: str | None = None
         self._store: ModelStore | None = None
         self._install_lock: asyncio.Lock | None = None
         self._tuned: dict[str, tuple[str, dict[str, Any], TunedSettings]] = {}
@@ -203,7 +220,12 @@ class LlamaCppProvider(Provider):
         except importlib.metadata.PackageNotFoundError:
             version = "unknown"
         details = {"models_dir": str(self.store.root), "default_model": self.config.default_model}
-        return ProviderStatus(self.name, True, endpoint="in-process", version=version, details=details)
+        if self.worker is not None:
+            details["isolation"] = "process"
+            if self.worker.pid is not None:
+                details["worker_pid"] = str(self.worker.pid)
+        endpoint = "in-process" if self.worker is None else "isolated worker process"
+        return ProviderStatus(self.name, True, endpoint=endpoint, version=version, details=details)
 
     async def get_system_info(self) -> dict[str, str]:
         """llama.cpp build facts (SIMD features, GPU offload support) and the store location."""
@@ -300,7 +322,8 @@ class LlamaCppProvider(Provider):
 
     def _load_settings(self, stored: StoredModel, options: GenerationOptions | None) -> LoadSettings:
         """Load settings: the call's options, else the config, else (with ``optimize``) values
-        fitted to this machine and model (:mod:`papin.llm.tuning`), else library defaults.
+        fitted to this machine and model (:mod:`papin.llm.tuning`), else library defaults;
+        then proven safe by the crash probe (:meth:`_probe`).
 
         The fitted values are computed when the model is first loaded and kept while it stays
         loaded, so a change in free memory never reloads it; only a value the user sets does.
@@ -316,8 +339,37 @@ class LlamaCppProvider(Provider):
         tuned = resolve_settings(
             stored.info, stored.path, user, optimize=self.config.optimize, gpu_offload=gpu_offload
         )
+        settings = self._settings_of(stored, tuned)
+        if self.config.crash_probe:
+            proven, note = self._probe(stored, settings)
+            if note is not None:
+                reasons = {**tuned.reasons, "extra_buffers": note}
+                tuned = dataclasses.replace(tuned, extra_buffers=proven.extra_buffers, reasons=reasons)
         self._tuned[stored.id] = (str(stored.path), user, tuned)
         return self._settings_of(stored, tuned)
+
+    def _probe(self, stored: StoredModel, settings: LoadSettings) -> tuple[LoadSettings, str | None]:
+        """The crash probe (:mod:`papin.llm.providers._llama_probe`) for ``settings``; blocking."""
+        from papin.llm.platform import detect_cpu
+        from papin.llm.providers._llama_probe import VerdictStore, build_id, probe_key, safe_settings
+
+        if not stored.path.is_file():
+            return settings, None  # the load itself says what is wrong
+        if self._verdicts is None:
+            self._verdicts = VerdictStore()
+        if self._build is None:
+            self._build = build_id(import_llama_cpp())
+        build, flags, quant = self._build, detect_cpu().features, stored.info.quantization
+        return safe_settings(
+            str(stored.path),
+            settings,
+            mode=self.config.extra_buffers,
+            key_of=lambda s: probe_key(build, flags, quant, s),
+            store=self._verdicts,
+            timeout=self.config.probe_timeout_seconds,
+            provider=self.name,
+            model=stored.id,
+        )
 
     def _kept_settings(self, stored: StoredModel, user: dict[str, Any]) -> LoadSettings | None:
         """The settings ``stored`` is loaded with, if it is loaded with these user settings."""
@@ -335,6 +387,7 @@ class LlamaCppProvider(Provider):
             use_mmap=tuned.use_mmap,
             use_mlock=tuned.use_mlock,
             chat_format=self._chat_format(stored),
+            extra_buffers=tuned.extra_buffers,
         )
 
     def _user_settings(self, options: GenerationOptions | None) -> dict[str, Any]:
@@ -345,7 +398,7 @@ class LlamaCppProvider(Provider):
     ) -> tuple[LoadedLlama, float | None]:
         settings = self._kept_settings(stored, self._user_settings(options))  # loaded: no thread hop
         if settings is None:
-            settings = await asyncio.to_thread(self._load_settings, stored, options)  # hardware probes
+            settings = await asyncio.to_thread(self._load_settings, stored, options)  # probes
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self.pool.executor, self.pool.acquire, stored.id, str(stored.path), settings
@@ -363,6 +416,9 @@ class LlamaCppProvider(Provider):
                 provider=self.name,
                 model=stored.id,
             ) from exc
+        except NativeCrashError as exc:  # the isolated worker died while loading
+            exc.model = stored.id
+            raise
 
     async def load_model(self, model: str) -> None:
         """Load ``model`` now (it then stays loaded for ``keep_alive_seconds``)."""
@@ -453,106 +509,78 @@ class LlamaCppProvider(Provider):
         stored = await self._resolve(model)
         entry, load_time = await self._acquire(stored, options)
         try:
-            llama = entry.llama
+            llama_class = import_llama_cpp().Llama
+            exact = self.config.prompt_cache == "exact"
             if chat_messages is not None:
-                kw = self._sampling_kwargs(options, llama.create_chat_completion)
-                producer = self._chat_producer(entry, chat_messages, kw)
+                kw = self._sampling_kwargs(options, llama_class.create_chat_completion)
+                request = GenerationRequest(
+                    "chat", entry.model_id, messages=chat_messages, kwargs=kw, exact_cache=exact
+                )
             else:
-                kw = self._sampling_kwargs(options, llama.create_completion)
-                producer = self._completion_producer(entry, completion_prompt or "", kw)
-            job = GenerationJob(produce=producer, entry=entry, max_tokens=kw.get("max_tokens"))
-            async for chunk in self._run(entry, job, started, load_time):
-                yield chunk
+                kw = self._sampling_kwargs(options, llama_class.create_completion)
+                request = GenerationRequest(
+                    "completion",
+                    entry.model_id,
+                    prompt=completion_prompt or "",
+                    kwargs=kw,
+                    truncate_prompt=self.config.truncate_prompt,
+                    exact_cache=exact,
+                )
+            run = self._run(entry, request, started, load_time)
+            try:
+                async for chunk in run:
+                    yield chunk
+            finally:
+                await run.aclose()  # type: ignore[attr-defined]  # stops the generation now
         finally:
             self.pool.release(entry)
 
-    def _completion_producer(
-        self, entry: LoadedLlama, prompt: str, kw: dict[str, Any]
-    ) -> Callable[[Any], Iterator[dict[str, Any]]]:
-        def produce(stopping_criteria: Any) -> Iterator[dict[str, Any]]:
-            llama = entry.llama
-            tokens: list[int] = llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-            n_ctx = entry.settings.n_ctx
-            prompt_input: str | list[int] = prompt
-            if len(tokens) >= n_ctx:
-                if not self.config.truncate_prompt:
-                    raise self._context_error(entry.model_id, len(tokens), n_ctx)
-                keep = max(1, n_ctx - max(1, min(kw.get("max_tokens") or 256, n_ctx // 2)))
-                warnings.warn(
-                    f"The prompt has {len(tokens)} tokens but the context is {n_ctx}; kept its "
-                    f"last {keep} tokens.",
-                    PromptTruncatedWarning,
-                    stacklevel=2,
-                )
-                prompt_input = tokens[-keep:]
-            llama_cpp = import_llama_cpp()
-            criteria = llama_cpp.StoppingCriteriaList([stopping_criteria])
-            return iter(llama.create_completion(prompt_input, stream=True, stopping_criteria=criteria, **kw))
+    def _events(self, entry: LoadedLlama, request: GenerationRequest) -> AsyncIterator[Event]:
+        """The events of ``request`` on ``entry``, in this process or in the isolated worker."""
+        if self.worker is not None:
+            from papin.llm.providers._llama_isolated import stream_remote
 
-        return produce
+            return stream_remote(entry, request)
 
-    def _chat_producer(
-        self, entry: LoadedLlama, messages: list[dict[str, Any]], kw: dict[str, Any]
-    ) -> Callable[[Any], Iterator[dict[str, Any]]]:
-        def produce(stopping_criteria: Any) -> Iterator[dict[str, Any]]:
-            # create_chat_completion takes no stopping criteria: the worker stops between
-            # chunks, which come one per token.
-            try:
-                return iter(entry.llama.create_chat_completion(messages, stream=True, **kw))
-            except ValueError as exc:
-                match = _CTX_ERROR.search(str(exc))
-                if match:
-                    raise self._context_error(entry.model_id, int(match[1]), int(match[2])) from exc
-                raise
+        def count() -> None:
+            entry.tokens_generated += 1
 
-        return produce
-
-    def _context_error(self, model: str, prompt_tokens: int, n_ctx: int) -> GenerationError:
-        return GenerationError(
-            f"The prompt is {prompt_tokens} tokens but the context window of '{model}' is {n_ctx} "
-            "tokens. Shorten the prompt, raise context_size, or set truncate_prompt to keep its end.",
-            provider=self.name,
-            model=model,
-        )
+        return stream_in_thread(self.pool.executor, entry, request, GenerationJob(on_token=count))
 
     async def _run(
-        self, entry: LoadedLlama, job: GenerationJob, started: float, load_time: float | None
+        self, entry: LoadedLlama, request: GenerationRequest, started: float, load_time: float | None
     ) -> AsyncIterator[GenerationChunk]:
         first: float | None = None
         finish: str | None = None
-        stream = run_in_worker(self.pool.executor, entry, job)
+        outcome: dict[str, Any] = {}
+        remote = self.worker is not None
+        events = self._events(entry, request)
         try:
-            async for raw in stream:
-                choice = (raw.get("choices") or [{}])[0]
-                text = choice.get("text")
-                if text is None:
-                    text = (choice.get("delta") or {}).get("content") or ""
-                finish = choice.get("finish_reason") or finish
-                if "<" in text:
-                    text = _strip_placeholders(text)
-                if text:
-                    if first is None:
-                        first = time.perf_counter()
-                    yield GenerationChunk(text)
-        except ValueError as exc:
-            match = _CTX_ERROR.search(str(exc))
-            if match:
-                raise self._context_error(entry.model_id, int(match[1]), int(match[2])) from exc
-            raise GenerationError(
-                f"llama.cpp failed: {exc}", provider=self.name, model=entry.model_id
-            ) from exc
+            async for kind, payload in events:
+                if kind == "chunk":
+                    text, finish = payload[0], payload[1] or finish
+                    if remote:
+                        entry.tokens_generated += 1
+                    if text:
+                        if first is None:
+                            first = time.perf_counter()
+                        yield GenerationChunk(text)
+                elif kind == "warning":
+                    warnings.warn(payload, PromptTruncatedWarning, stacklevel=2)
+                elif kind == "error":
+                    raise_for(payload, self.name, entry.model_id)
+                elif kind == "end":
+                    outcome = payload
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await events.aclose()  # type: ignore[attr-defined]
         end = time.perf_counter()
         gen_time = end - (first or end)
-        tokens = job.tokens_sampled or job.chunks
-        if finish == "length" and job.max_tokens:
-            tokens = min(tokens, job.max_tokens)
-        if job.prompt_tokens is None and entry.llama is not None:
-            job.prompt_tokens = max(0, entry.llama.n_tokens - tokens)  # chats: context minus output
+        tokens = outcome.get("tokens_sampled") or outcome.get("chunks") or 0
+        if finish == "length" and request.max_tokens:
+            tokens = min(tokens, request.max_tokens)
         stats = GenerationStats(
             finish_reason="length" if finish == "length" else "stop",
-            prompt_tokens=job.prompt_tokens,
+            prompt_tokens=outcome.get("prompt_tokens"),
             output_tokens=tokens,
             time_to_first_token=None if first is None else first - started,
             tokens_per_second=(tokens - 1) / gen_time if tokens > 1 and gen_time > 0 else None,
@@ -563,6 +591,8 @@ class LlamaCppProvider(Provider):
 
     # -- lifecycle ------------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Cancel downloads and unload every model."""
+        """Cancel downloads, unload every model and stop the isolated worker."""
         await super().aclose()
         await asyncio.to_thread(self.pool.unload_all)
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop)

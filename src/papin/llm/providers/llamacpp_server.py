@@ -68,6 +68,7 @@ from papin.llm.providers._llama_server_process import (
     find_llama_server,
 )
 from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
+from papin.llm.tuning import ExtraBuffers
 from papin.llm.types import (
     Capability,
     GenerationChunk,
@@ -117,6 +118,11 @@ class LlamaCppServerConfig(OpenAICompatibleConfig):
         None, description="--chat-template: Jinja text (a built-in name needs --no-jinja in extra_args)."
     )
     extra_args: list[str] = Field(default_factory=list, description="More llama-server arguments.")
+    extra_buffers: ExtraBuffers = Field(
+        "auto",
+        description="Weight repacking (extra buffer types): auto (off on AMX CPUs, where it crashes), on, "
+        "off (--no-repack).",
+    )
     default_max_tokens: int | None = Field(
         512, ge=1, description="max_tokens when a call does not set it (null: until EOS or a full context)."
     )
