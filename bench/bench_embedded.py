@@ -67,7 +67,7 @@ async def manager_for(store_dir: Path, **settings: Any) -> Any:
 
 async def probe_cost(store_dir: Path, model_path: str, settings: Any) -> dict[str, float]:
     """One probe child alone, then the first load of a new combination with and without it."""
-    from papin.llm.providers._llama_probe import run_probe
+    from papin.llm.providers._llama.probe import run_probe
 
     alone = [run_probe(model_path, settings, 120).seconds for _ in range(3)]
     firsts: dict[str, list[float]] = {"with": [], "without": []}

@@ -59,7 +59,7 @@ def unlimited_cpu(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     tests of real detection call the probes directly."""
     import dataclasses
 
-    from papin.llm import platform as hw_platform
+    from papin.llm import hardware as hw_platform
 
     real = hw_platform.detect_cpu
     monkeypatch.setattr(hw_platform, "detect_cpu", lambda: dataclasses.replace(real(), available_cores=None))

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from papin.llm.gguf_info import GGUFInfo
-from papin.llm.platform import (
+from papin.llm.hardware import (
     MLOCK_UNLIMITED,
     CpuInfo,
     GpuInfo,
@@ -17,6 +16,7 @@ from papin.llm.platform import (
     LlamaBuildInfo,
     MemoryInfo,
 )
+from papin.llm.store.gguf import GGUFInfo
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -65,7 +65,7 @@ def hardware(
     """A :class:`HardwareInfo` as stated; the llama.cpp build offloads when there is a GPU.
     ``llama_system_info`` is what the build's ``llama_print_system_info()`` says (``None``:
     the build was not probed)."""
-    from papin.llm._platform_llama import parse_system_info
+    from papin.llm.hardware.llama import parse_system_info
 
     features = parse_system_info(llama_system_info) if llama_system_info is not None else frozenset()
     return HardwareInfo(
@@ -263,7 +263,7 @@ def gemma_like() -> GGUFInfo:
 def use_hardware(monkeypatch: Any, hw: HardwareInfo) -> None:
     """Make ``detect_hardware()`` and ``detect_cpu()`` answer ``hw`` (the providers import them
     when they need them)."""
-    from papin.llm import platform as hw_platform
+    from papin.llm import hardware as hw_platform
 
     monkeypatch.setattr(hw_platform, "detect_hardware", lambda **kwargs: hw)
     monkeypatch.setattr(hw_platform, "detect_cpu", lambda: hw.cpu)

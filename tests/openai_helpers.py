@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import pytest
-
 from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
-from tests.fakes.openai_server import DEFAULT_TOKENS, FakeOpenAIServer
+from tests.fakes.openai_server import DEFAULT_TOKENS
 
 MODEL = "tiny-chat"
 TEXT = "".join(DEFAULT_TOKENS)
@@ -36,17 +33,3 @@ def closed_port_url() -> str:
 async def still_works(provider: OpenAICompatibleProvider) -> None:
     """After a failure the same provider (and its pool) still works."""
     assert (await provider.generate(MODEL, "again")).text == TEXT
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAIServer]:
-    """A fake OpenAI-compatible server serving MODEL and "other"."""
-    with FakeOpenAIServer(models=[MODEL, "other"]) as server:
-        yield server
-
-
-@pytest.fixture
-async def custom(fake: FakeOpenAIServer) -> AsyncIterator[OpenAICompatibleProvider]:
-    """The custom provider, open, pointed at ``fake`` (endpoint given with /v1)."""
-    async with OpenAICompatibleProvider(make_config(fake.url + "/v1")) as provider:
-        yield provider

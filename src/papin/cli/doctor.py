@@ -19,10 +19,10 @@ from papin.cli._common import CliState, echo_json, get_console, human_bytes, one
 if TYPE_CHECKING:
     from papin.llm.config import LLMConfig
     from papin.llm.discovery import DiscoveryResult
-    from papin.llm.fit import FitReport
-    from papin.llm.gguf_info import GGUFInfo
-    from papin.llm.platform import HardwareInfo
-    from papin.llm.tuning import TunedSettings
+    from papin.llm.hardware import HardwareInfo
+    from papin.llm.hardware.fit import FitReport
+    from papin.llm.hardware.tuning import TunedSettings
+    from papin.llm.store.gguf import GGUFInfo
 
 __all__ = ["doctor"]
 
@@ -76,8 +76,8 @@ def doctor(state: CliState, model: str | None, refresh: bool, as_json: bool) -> 
 def _gather(state: CliState, model: str | None, refresh: bool) -> _Report:
     from papin.llm.config import LLMConfig, config_path
     from papin.llm.errors import ProviderError
-    from papin.llm.platform import detect_hardware
-    from papin.llm.store_sources import DEFAULT_MODEL_ID
+    from papin.llm.hardware import detect_hardware
+    from papin.llm.store.sources import DEFAULT_MODEL_ID
 
     problems: list[str] = []
     try:
@@ -97,14 +97,14 @@ def _gather(state: CliState, model: str | None, refresh: bool) -> _Report:
 
 def _model_part(report: _Report) -> None:
     """The model's metadata, the load settings the embedded provider would use for it (the
-    same :func:`~papin.llm._tuning_backends.resolve_settings` call), and its fit."""
+    same :func:`~papin.llm.hardware.backend_settings.resolve_settings` call), and its fit."""
     from pathlib import Path
 
-    from papin.llm._fit_models import find_model_info
-    from papin.llm._tuning_backends import resolve_settings
     from papin.llm.errors import ProviderError
     from papin.llm.factory import get_provider_factory
-    from papin.llm.fit import assess_fit
+    from papin.llm.hardware.backend_settings import resolve_settings
+    from papin.llm.hardware.fit import assess_fit
+    from papin.llm.hardware.fit_models import find_model_info
     from papin.llm.providers.llamacpp import LlamaCppConfig, user_load_settings
 
     try:
@@ -138,10 +138,10 @@ def _model_part(report: _Report) -> None:
 def _safety_part(report: _Report) -> None:
     """The crash-safety decisions: extra buffers for the embedded build (from the tuned
     settings), ``--no-repack`` for llama-server, and the crash probe's stored verdicts."""
-    from papin.llm._tuning_backends import server_flags, server_safety
     from papin.llm.errors import ProviderError
     from papin.llm.factory import get_provider_factory
-    from papin.llm.tuning import extra_buffers_setting
+    from papin.llm.hardware.backend_settings import server_flags, server_safety
+    from papin.llm.hardware.tuning import extra_buffers_setting
 
     hw = report.hardware
     if report.tuned is not None:
@@ -163,8 +163,8 @@ def _safety_part(report: _Report) -> None:
         )
         report.safety["llama_server"] = {"flags": list(flags), "reason": why}
     if report.model_info is not None and report.tuned is not None and hw.llama.package_version:
-        from papin.llm.providers._llama_probe import verdicts_for
-        from papin.llm.providers._llama_runtime import LoadSettings
+        from papin.llm.providers._llama.probe import verdicts_for
+        from papin.llm.providers._llama.runtime import LoadSettings
 
         t = report.tuned
         settings = LoadSettings(t.context_size, t.threads, t.batch_size, t.gpu_layers)

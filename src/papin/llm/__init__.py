@@ -38,15 +38,15 @@ if TYPE_CHECKING:
         UnsupportedOperationError,
     )
     from papin.llm.factory import ProviderFactory, get_provider_factory, reset_provider_factory
-    from papin.llm.fit import FitReport, assess_fit, best_fit
+    from papin.llm.hardware import HardwareInfo, detect_hardware
+    from papin.llm.hardware.fit import FitReport, assess_fit, best_fit
+    from papin.llm.hardware.tuning import TunedSettings, tune
     from papin.llm.manager import LLMManager, ProviderChoice, create_llm_manager
     from papin.llm.migration import MigrationReport, detect_legacy, plan_migration, run_migration
     from papin.llm.monitor import ModelChange, ModelMonitor
     from papin.llm.options import GenerationOptions
-    from papin.llm.platform import HardwareInfo, detect_hardware
     from papin.llm.provider import Provider, ProviderConfig
     from papin.llm.sync import SyncLLMManager, create_sync_llm_manager
-    from papin.llm.tuning import TunedSettings, tune
     from papin.llm.types import (
         Capability,
         ChatMessage,
@@ -67,13 +67,13 @@ _EXPORTS: dict[str, str] = {
     "get_discovery": "discovery",
     "ModelChange": "monitor",
     "ModelMonitor": "monitor",
-    "HardwareInfo": "platform",
-    "detect_hardware": "platform",
-    "FitReport": "fit",
-    "assess_fit": "fit",
-    "best_fit": "fit",
-    "TunedSettings": "tuning",
-    "tune": "tuning",
+    "HardwareInfo": "hardware",
+    "detect_hardware": "hardware",
+    "FitReport": "hardware.fit",
+    "assess_fit": "hardware.fit",
+    "best_fit": "hardware.fit",
+    "TunedSettings": "hardware.tuning",
+    "tune": "hardware.tuning",
     "MigrationReport": "migration",
     "detect_legacy": "migration",
     "plan_migration": "migration",

@@ -21,7 +21,7 @@ class to react (retry a :class:`RateLimitedError`, pull on :class:`ModelNotFound
     └── UnsupportedOperationError    the provider lacks this capability
 
 Transport exceptions are translated into this tree in exactly one place,
-:func:`papin.llm._http.map_transport_errors`; the original exception stays chained as
+:func:`papin.llm.transport.http.map_transport_errors`; the original exception stays chained as
 ``__cause__``.
 """
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from papin.llm._choice import ProviderChoice, choose_provider
+from papin.llm.choice import ProviderChoice, choose_provider
 from papin.llm.config import LLMConfig
 from papin.llm.errors import (
     ConfigurationError,
@@ -42,9 +42,9 @@ if TYPE_CHECKING:
     import asyncio
 
     from papin.llm.discovery import Discovery, DiscoveryResult
+    from papin.llm.hardware import HardwareInfo
     from papin.llm.migration import MigrationReport
     from papin.llm.monitor import ChangeCallback, ModelChange, ModelMonitor, Snapshot
-    from papin.llm.platform import HardwareInfo
 
 __all__ = ["FALLBACK_PROVIDERS", "NO_DISCOVERY_ORDER", "LLMManager", "ProviderChoice", "create_llm_manager"]
 
@@ -78,7 +78,7 @@ class LLMManager:
     ) -> None:
         """``discovery`` replaces the process-wide :class:`~papin.llm.discovery.Discovery`
         (tests point one at fake servers); ``hardware`` is a hardware report
-        (:func:`papin.llm.platform.detect_hardware`'s) used instead of detecting one."""
+        (:func:`papin.llm.hardware.detect_hardware`'s) used instead of detecting one."""
         self.config = config if config is not None else LLMConfig()
         self._factory = factory
         self._provider = provider
@@ -168,7 +168,7 @@ class LLMManager:
         if self._hardware is None:
             import asyncio
 
-            from papin.llm.platform import detect_hardware
+            from papin.llm.hardware import detect_hardware
 
             self._hardware = await asyncio.to_thread(detect_hardware)
         return self._hardware

@@ -340,7 +340,7 @@ def discovery_snapshot(
     """A snapshot function over the discovered servers (probed afresh each time), the active
     ``provider`` (its installed models; kept as before when listing fails), papin's model
     ``store`` and the model files on disk. ``on_result`` sees each discovery result."""
-    from papin.llm.http_provider import HttpProvider
+    from papin.llm.transport.base import HttpProvider
 
     previous: dict[str, SourceModels] = {}
 

@@ -62,7 +62,7 @@ class ProviderConfig(BaseModel):
 
     ``optimize`` (on by default; ``LLMConfig.enable_optimizations=False`` turns it off) lets a
     provider fit the load settings the user left unset (threads, context, batch, GPU layers,
-    mmap/mlock) to this machine, see :mod:`papin.llm.tuning`.
+    mmap/mlock) to this machine, see :mod:`papin.llm.hardware.tuning`.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)

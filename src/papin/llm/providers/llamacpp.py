@@ -35,22 +35,22 @@ from papin.llm.errors import (
     NativeCrashError,
     ProviderUnavailableError,
 )
+from papin.llm.hardware.tuning import ExtraBuffers, extra_buffers_setting
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import Messages, Provider, ProviderConfig, as_messages
-from papin.llm.providers._llama_exec import (
+from papin.llm.providers._llama.generation import (
     Event,
     GenerationJob,
     GenerationRequest,
     raise_for,
     stream_in_thread,
 )
-from papin.llm.providers._llama_runtime import (
+from papin.llm.providers._llama.runtime import (
     LlamaPool,
     LoadedLlama,
     LoadSettings,
     import_llama_cpp,
 )
-from papin.llm.tuning import ExtraBuffers, extra_buffers_setting
 from papin.llm.types import (
     Capability,
     DownloadStatus,
@@ -63,10 +63,10 @@ from papin.llm.types import (
 )
 
 if TYPE_CHECKING:
-    from papin.llm.providers._llama_isolated import LlamaWorker
-    from papin.llm.providers._llama_probe import VerdictStore
+    from papin.llm.hardware.tuning import TunedSettings
+    from papin.llm.providers._llama.isolated import LlamaWorker
+    from papin.llm.providers._llama.probe import VerdictStore
     from papin.llm.store import ModelStore, StoredModel
-    from papin.llm.tuning import TunedSettings
 
 __all__ = ["EXTRA_HINT", "LlamaCppConfig", "LlamaCppProvider", "PromptTruncatedWarning"]
 
@@ -164,7 +164,7 @@ class LlamaCppProvider(Provider):
         #: The isolated worker (``isolation: "process"``), else ``None``.
         self.worker: LlamaWorker | None = None
         if self.config.isolation == "process":
-            from papin.llm.providers._llama_isolated import LlamaWorker
+            from papin.llm.providers._llama.isolated import LlamaWorker
 
             self.worker = LlamaWorker(provider=self.name)
         self.pool = LlamaPool(
@@ -322,14 +322,14 @@ class LlamaCppProvider(Provider):
 
     def _load_settings(self, stored: StoredModel, options: GenerationOptions | None) -> LoadSettings:
         """Load settings: the call's options, else the config, else (with ``optimize``) values
-        fitted to this machine and model (:mod:`papin.llm.tuning`), else library defaults;
+        fitted to this machine and model (:mod:`papin.llm.hardware.tuning`), else library defaults;
         then proven safe by the crash probe (:meth:`_probe`).
 
         The fitted values are computed when the model is first loaded and kept while it stays
         loaded, so a change in free memory never reloads it; only a value the user sets does.
         Blocking the first time (hardware probes); :meth:`_kept_settings` is the quick path.
         """
-        from papin.llm._tuning_backends import resolve_settings
+        from papin.llm.hardware.backend_settings import resolve_settings
 
         user = self._user_settings(options)
         kept = self._kept_settings(stored, user)
@@ -349,9 +349,9 @@ class LlamaCppProvider(Provider):
         return self._settings_of(stored, tuned)
 
     def _probe(self, stored: StoredModel, settings: LoadSettings) -> tuple[LoadSettings, str | None]:
-        """The crash probe (:mod:`papin.llm.providers._llama_probe`) for ``settings``; blocking."""
-        from papin.llm.platform import detect_cpu
-        from papin.llm.providers._llama_probe import VerdictStore, build_id, probe_key, safe_settings
+        """The crash probe (:mod:`papin.llm.providers._llama.probe`) for ``settings``; blocking."""
+        from papin.llm.hardware import detect_cpu
+        from papin.llm.providers._llama.probe import VerdictStore, build_id, probe_key, safe_settings
 
         if not stored.path.is_file():
             return settings, None  # the load itself says what is wrong
@@ -538,7 +538,7 @@ class LlamaCppProvider(Provider):
     def _events(self, entry: LoadedLlama, request: GenerationRequest) -> AsyncIterator[Event]:
         """The events of ``request`` on ``entry``, in this process or in the isolated worker."""
         if self.worker is not None:
-            from papin.llm.providers._llama_isolated import stream_remote
+            from papin.llm.providers._llama.isolated import stream_remote
 
             return stream_remote(entry, request)
 

@@ -58,17 +58,17 @@ from papin.llm.errors import (
     RateLimitedError,
     UnsupportedOperationError,
 )
+from papin.llm.hardware.tuning import ExtraBuffers
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import Messages, ProviderConfig
-from papin.llm.providers._llama_server_managed import ManagedServer
-from papin.llm.providers._llama_server_process import (
+from papin.llm.providers._llama.server_managed import ManagedServer
+from papin.llm.providers._llama.server_process import (
     LlamaServerProcess,
     StateCallback,
     binary_version,
     find_llama_server,
 )
 from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
-from papin.llm.tuning import ExtraBuffers
 from papin.llm.types import (
     Capability,
     GenerationChunk,

@@ -61,7 +61,7 @@ from papin.llm.wire import openai as wire
 if TYPE_CHECKING:
     import httpx
 
-    from papin.llm.http_provider import HttpProviderConfig
+    from papin.llm.transport.base import HttpProviderConfig
 
 __all__ = ["DEFAULT_ENDPOINT", "TOKEN_ENV", "LMStudioConfig", "LMStudioProvider"]
 
@@ -143,7 +143,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     def is_model_missing(self, status: int, text: str) -> bool:
         """LM Studio says ``Invalid model identifier "x"`` (400, newer versions) or
         ``Model "x" not found`` (404, older ones)."""
-        from papin.llm._http import model_missing
+        from papin.llm.transport.http import model_missing
 
         lowered = text.lower()
         if status in (400, 404) and (

@@ -24,10 +24,10 @@ from papin.llm.errors import (
     ProtocolError,
     ProviderError,
 )
-from papin.llm.http_provider import HttpProvider, HttpProviderConfig
 from papin.llm.options import GenerationOptions
 from papin.llm.progress import ProgressMeter
 from papin.llm.provider import Messages, ProviderConfig, as_messages
+from papin.llm.transport.base import HttpProvider, HttpProviderConfig
 from papin.llm.types import (
     Capability,
     DownloadStatus,
@@ -41,7 +41,7 @@ from papin.llm.wire import ollama as wire
 from papin.llm.wire.ndjson import NdjsonDecoder
 
 if TYPE_CHECKING:
-    from papin.llm._http import ServiceInfo
+    from papin.llm.transport.http import ServiceInfo
 
 __all__ = ["OllamaConfig", "OllamaProvider"]
 
@@ -84,7 +84,7 @@ class OllamaProvider(HttpProvider):
 
     def service_info(self) -> ServiceInfo:
         """Ollama-specific hints for error messages."""
-        from papin.llm._http import ServiceInfo
+        from papin.llm.transport.http import ServiceInfo
 
         return ServiceInfo(
             provider=self.name,
@@ -218,7 +218,7 @@ class OllamaProvider(HttpProvider):
     def _tuned(self, options: GenerationOptions | None) -> GenerationOptions | None:
         """``options`` with papin's tuned load options added where the user set none.
 
-        See :func:`papin.llm._tuning_backends.ollama_options` for what is sent and why (only
+        See :func:`papin.llm.hardware.backend_settings.ollama_options` for what is sent and why (only
         ``num_thread``, only to an Ollama on this machine under a CPU limit). Nothing is added
         with ``optimize`` off, or when the call sets it (``threads`` or ``additional_params``).
         """
@@ -229,11 +229,11 @@ class OllamaProvider(HttpProvider):
         return (options or GenerationOptions()).merged(GenerationOptions(threads=self._num_thread))
 
     def _work_out_num_thread(self) -> int:
-        from papin.llm._tuning_backends import is_loopback, ollama_options
+        from papin.llm.hardware.backend_settings import is_loopback, ollama_options
 
         if not self.config.optimize or not is_loopback(self.endpoint):
             return 0
-        from papin.llm.platform import detect_cpu
+        from papin.llm.hardware import detect_cpu
 
         return ollama_options(detect_cpu(), self.endpoint).get("threads", 0)
 

@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from papin.llm.errors import GenerationError, ProtocolError, ProviderError
-from papin.llm.http_provider import HttpProvider, HttpProviderConfig
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import Messages, ProviderConfig, as_messages
+from papin.llm.transport.base import HttpProvider, HttpProviderConfig
 from papin.llm.types import (
     Capability,
     FinishReason,
@@ -36,7 +36,7 @@ from papin.llm.wire.sse import SSEDecoder
 if TYPE_CHECKING:
     import httpx
 
-    from papin.llm._http import ServiceInfo
+    from papin.llm.transport.http import ServiceInfo
 
 __all__ = ["OpenAICompatibleConfig", "OpenAICompatibleProvider"]
 
@@ -84,7 +84,7 @@ class OpenAICompatibleProvider(HttpProvider):
 
     def service_info(self) -> ServiceInfo:
         """Error-message hints for this backend."""
-        from papin.llm._http import ServiceInfo
+        from papin.llm.transport.http import ServiceInfo
 
         return ServiceInfo(
             provider=self.name,
@@ -107,7 +107,7 @@ class OpenAICompatibleProvider(HttpProvider):
 
     def is_model_missing(self, status: int, text: str) -> bool:
         """Whether an error answer means the model does not exist on this server."""
-        from papin.llm._http import model_missing
+        from papin.llm.transport.http import model_missing
 
         return model_missing(status, text)
 

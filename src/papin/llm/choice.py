@@ -1,0 +1,176 @@
+"""How :meth:`papin.llm.manager.LLMManager.initialize` chooses its provider, and records why.
+
+1. The configured ``provider_type``, at its configured address, if it is available.
+2. With ``auto_discover`` off: nothing else when a provider is configured; otherwise the
+   providers of ``no_discovery_order`` (Ollama at ``OLLAMA_HOST`` or its default address, then
+   the embedded provider), as papin always did.
+3. With ``auto_discover`` on: discovery probes the machine, and the providers are tried in the
+   order of :func:`papin.llm.discovery.rank_providers` (papin's preference rule, which looks
+   at the hardware only when every running server is seen on the CPU); a server found at a
+   non-default address is used at that address.
+
+The first provider whose own ``status()`` says it is available wins. This module imports
+nothing heavy at import time (discovery and hardware detection are imported when used).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from papin.llm.errors import ConfigurationError, ProviderUnavailableError
+from papin.llm.types import ProviderStatus
+
+if TYPE_CHECKING:
+    from papin.llm.config import LLMConfig
+    from papin.llm.discovery import Discovery, DiscoveryResult
+    from papin.llm.factory import ProviderFactory
+    from papin.llm.hardware import HardwareInfo
+    from papin.llm.provider import Provider
+
+__all__ = ["ProviderChoice", "choose_provider", "embedded_can_use_gpu"]
+
+
+def _where(status: ProviderStatus) -> str:
+    return f" at {status.endpoint}" if status.endpoint and "://" in status.endpoint else ""
+
+
+def _reason(
+    name: str,
+    configured: str | None,
+    status: ProviderStatus,
+    tried: Sequence[ProviderStatus],
+    why: str | None = None,
+) -> str:
+    where = _where(status)
+    if name == configured and why is None:
+        return f"configured provider '{name}' is available{where}"
+    skipped = "; ".join(f"'{s.provider}' unavailable ({s.error})" for s in tried)
+    head = f"configured provider '{configured}'" if configured else "no provider configured"
+    tail = f": {why}" if why else ""
+    if skipped:
+        return f"{head}; {skipped}; using '{name}'{where}{tail}"
+    return f"{head}; using '{name}'{where}{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderChoice:
+    """Which provider the manager chose, and why.
+
+    ``tried`` are the providers found unavailable before it; ``discovery`` is what discovery
+    found when it took part in the choice (``None`` when the configured provider was used
+    without probing anything).
+    """
+
+    provider: str
+    reason: str
+    status: ProviderStatus
+    tried: tuple[ProviderStatus, ...] = ()
+    discovery: DiscoveryResult | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (the discovery result is left to its own ``to_dict``)."""
+        return {
+            "provider": self.provider,
+            "reason": self.reason,
+            "status": self.status.to_dict(),
+            "tried": [s.to_dict() for s in self.tried],
+        }
+
+
+def embedded_can_use_gpu(hardware: HardwareInfo) -> bool:
+    """Whether the hardware report shows a GPU that the installed llama.cpp can offload to."""
+    return hardware.has_gpu and hardware.llama.gpu_offload
+
+
+def _unavailable(
+    tried: Sequence[ProviderStatus], configured: str | None, note: str = ""
+) -> ProviderUnavailableError:
+    details = "; ".join(f"{s.provider}: {s.error}" for s in tried)
+    return ProviderUnavailableError(f"No LLM provider is available. {details}{note}", provider=configured)
+
+
+async def _try(
+    factory: ProviderFactory, name: str, settings: dict[str, Any], endpoint: str | None
+) -> tuple[Provider | None, ProviderStatus]:
+    try:
+        provider = factory.create_provider(name, settings)
+    except ConfigurationError as exc:
+        return None, ProviderStatus(name, False, endpoint=endpoint, error=str(exc))
+    status = await provider.status()
+    if not status.available:
+        await provider.aclose()
+        return None, status
+    return provider, status
+
+
+async def choose_provider(
+    config: LLMConfig,
+    factory: ProviderFactory,
+    *,
+    discovery: Callable[[], Discovery],
+    hardware: Callable[[], Awaitable[HardwareInfo]],
+    fallbacks: Sequence[str] = ("llamacpp",),
+    no_discovery_order: Sequence[str] = ("ollama", "llamacpp"),
+) -> tuple[ProviderChoice, Provider]:
+    """Choose and create the provider (see the module docstring); the caller owns it.
+
+    ``discovery`` returns the :class:`~papin.llm.discovery.Discovery` to use; ``hardware``
+    returns the hardware report (:func:`papin.llm.hardware.detect_hardware`'s) when the rule
+    needs it.
+
+    Raises:
+        ProviderUnavailableError: nothing is available; the message lists why, per provider.
+    """
+    configured = config.provider_type
+    tried: list[ProviderStatus] = []
+    if configured:
+        provider, status = await _try(factory, configured, config.settings_for(configured), None)
+        if provider is not None:
+            return ProviderChoice(
+                configured, _reason(configured, configured, status, tried), status
+            ), provider
+        tried.append(status)
+        if not config.auto_discover:
+            raise _unavailable(tried, configured, " (auto_discover is off: no other provider was tried.)")
+    if not config.auto_discover:
+        for name in no_discovery_order:
+            provider, status = await _try(factory, name, config.settings_for(name), None)
+            if provider is not None:
+                return ProviderChoice(
+                    name, _reason(name, configured, status, tried), status, tuple(tried)
+                ), provider
+            tried.append(status)
+        raise _unavailable(tried, configured)
+
+    from papin.llm.discovery import hardware_matters, rank_providers
+
+    result = await discovery().discover(servers=True, files=False, installed=False)
+    embedded_gpu: bool | None = None
+    if hardware_matters(result):
+        embedded_gpu = embedded_can_use_gpu(await hardware())
+    for named in result.backends:  # addresses the user named (OLLAMA_HOST...) that are down
+        if named.health == "error" and named.provider != configured:
+            tried.append(ProviderStatus(named.provider, False, named.address, named.version,
+                                        f"{named.reason} at {named.address}"))  # fmt: skip
+    registered = set(factory.registered_providers())
+    for pref in rank_providers(result, configured=configured, fallbacks=fallbacks, embedded_gpu=embedded_gpu):
+        if pref.provider not in registered or (pref.backend is None and pref.provider == configured):
+            continue
+        settings = dict(config.settings_for(pref.provider))
+        if pref.address is not None:
+            settings["endpoint"] = pref.address
+            if pref.provider == "llamacpp_server":
+                settings["managed"] = False
+        provider, status = await _try(factory, pref.provider, settings, pref.address)
+        if provider is not None:
+            reason = _reason(pref.provider, configured, status, tried, pref.why)
+            return ProviderChoice(pref.provider, reason, status, tuple(tried), result), provider
+        tried.append(status)
+    found = len(result.running())
+    note = (
+        f" (discovery probed {len(result.probed)} addresses and found {found} running server"
+        f"{'s' if found != 1 else ''}.)"
+    )
+    raise _unavailable(tried, configured, note)

@@ -1,0 +1,133 @@
+"""Common configuration and plumbing of providers that talk HTTP to a server.
+
+Importing this module does not import httpx: the transport is created on first use.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from papin.llm.provider import Provider, ProviderConfig
+
+if TYPE_CHECKING:
+    import httpx
+
+    from papin.llm.transport.http import HttpTransport, ServiceInfo
+
+__all__ = ["HttpProvider", "HttpProviderConfig"]
+
+
+class HttpProviderConfig(ProviderConfig):
+    """Connection settings shared by every HTTP provider.
+
+    The timeouts apply per phase, so a cold model load that takes minutes does not trip
+    the short timeouts meant for a server that hangs.
+    """
+
+    endpoint: str = Field("", description="Base URL of the server.")
+    timeout_seconds: float | None = Field(
+        30.0, gt=0, description="Limit for short management requests (list, show, delete)."
+    )
+    connect_timeout_seconds: float | None = Field(5.0, gt=0, description="TCP/TLS connect limit.")
+    first_byte_timeout_seconds: float | None = Field(
+        600.0, gt=0, description="Wait for the first byte of a generation (covers cold loads)."
+    )
+    idle_timeout_seconds: float | None = Field(
+        120.0, gt=0, description="Longest silence allowed between stream chunks."
+    )
+    verify_ssl: bool = Field(True, description="Verify TLS certificates.")
+    ca_bundle: str | None = Field(None, description="Path of a CA bundle for TLS verification.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers.")
+    api_key: str | None = Field(None, description="Sent as 'Authorization: Bearer <key>'.")
+
+    #: Environment variable that supplies ``api_key`` when none is configured (the backend's
+    #: own, e.g. ``OLLAMA_API_KEY``). A comma-separated list (LocalAI's form) gives its first key.
+    api_key_env: ClassVar[str | None] = None
+
+    @model_validator(mode="after")
+    def _api_key_from_env(self) -> Self:
+        if self.api_key is None and self.api_key_env:
+            key = os.environ.get(self.api_key_env, "").split(",")[0].strip()
+            if key:
+                object.__setattr__(self, "api_key", key)
+        return self
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str) -> str:
+        value = value.strip()
+        if value and "://" in value and not value.lower().startswith(("http://", "https://")):
+            raise ValueError(f"endpoint {value!r} must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class HttpProvider(Provider):
+    """Base class of HTTP providers: owns one lazily created :class:`HttpTransport`."""
+
+    config: HttpProviderConfig
+    config_class: ClassVar[type[ProviderConfig]] = HttpProviderConfig
+
+    def __init__(
+        self,
+        config: HttpProviderConfig | None = None,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> None:
+        super().__init__(config)
+        self._http_client = http_client
+        self._transport: HttpTransport | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL requests go to."""
+        return self.config.endpoint
+
+    def service_info(self) -> ServiceInfo:
+        """How error messages describe this backend; providers override the hints."""
+        from papin.llm.transport.http import ServiceInfo
+
+        return ServiceInfo(
+            provider=self.name, display_name=self.display_name, base_url=self.endpoint
+        )
+
+    def request_headers(self) -> dict[str, str]:
+        """Headers sent with every request (custom headers, then the API key)."""
+        headers = dict(self.config.headers)
+        if self.config.api_key and not any(k.lower() == "authorization" for k in headers):
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
+    @property
+    def transport(self) -> HttpTransport:
+        """The transport, created on first use."""
+        if self._transport is None:
+            from papin.llm.transport.http import HttpTransport, PhaseTimeouts
+
+            c = self.config
+            self._transport = HttpTransport(
+                self.service_info(),
+                headers=self.request_headers(),
+                verify_ssl=c.verify_ssl,
+                ca_bundle=c.ca_bundle,
+                timeouts=PhaseTimeouts(
+                    connect=c.connect_timeout_seconds,
+                    first_byte=c.first_byte_timeout_seconds,
+                    idle=c.idle_timeout_seconds,
+                    request=c.timeout_seconds,
+                ),
+                client=self._http_client,
+            )
+        return self._transport
+
+    async def aclose(self) -> None:
+        """Cancel downloads and close the connection pool."""
+        await super().aclose()
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
+
+    def _describe(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint}
