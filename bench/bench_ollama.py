@@ -375,7 +375,8 @@ t0 = time.perf_counter()
 t1 = time.perf_counter()
 import json
 print(json.dumps({{"in_process_s": t1 - t0, "modules": len(sys.modules),
-  "loaded": [m for m in ("httpx", "aiohttp", "pydantic", "papin.llm.transport.http") if m in sys.modules]}}))
+  "loaded": [m for m in ("httpx", "aiohttp", "pydantic", "papin.llm.transport.client")
+             if m in sys.modules]}}))
 """
 
 

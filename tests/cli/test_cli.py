@@ -278,7 +278,7 @@ def test_progress_bar_draws_bytes_speed_and_eta() -> None:
     from rich.console import Console
 
     from papin.cli._progress import DownloadProgress
-    from papin.llm.types import DownloadStatus
+    from papin.llm.datatypes import DownloadStatus
 
     buffer = io.StringIO()
     console = Console(file=buffer, force_terminal=True, width=120, color_system=None)

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from papin.llm.datatypes import Capability
 from papin.llm.provider import Provider
-from papin.llm.types import Capability
 
 if TYPE_CHECKING:  # tests.contract.backends imports this module: import it lazily
     from papin.llm.providers._llama.server_process import LlamaServerProcess

@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from papin.llm.datatypes import Capability
 from papin.llm.provider import Provider
-from papin.llm.types import Capability
 from tests.contract.backends import BackendFactory, ContractBackend, closed_port_url
 
 __all__ = ["ENTRIES"]

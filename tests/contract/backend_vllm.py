@@ -6,8 +6,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from papin.llm.datatypes import Capability
 from papin.llm.provider import Provider
-from papin.llm.types import Capability
 from tests.contract.backends import BackendFactory, ContractBackend, closed_port_url
 
 __all__ = ["ENTRIES", "vllm_fake"]

@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
+from papin.llm.datatypes import Capability
 from papin.llm.provider import Provider
-from papin.llm.types import Capability
 
 __all__ = ["BACKENDS", "BackendFactory", "ContractBackend", "closed_port_url", "shared_models_dir"]
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from papin.llm.datatypes import Capability, GenerationChunk
 from papin.llm.errors import (
     ModelNotFoundError,
     ProviderTimeoutError,
@@ -18,7 +19,6 @@ from papin.llm.errors import (
 )
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import Provider
-from papin.llm.types import Capability, GenerationChunk
 from tests.contract.backends import ContractBackend
 
 pytestmark = pytest.mark.timeout(90)

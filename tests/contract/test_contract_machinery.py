@@ -8,10 +8,7 @@ from typing import ClassVar
 
 import pytest
 
-from papin.llm.errors import ModelNotFoundError, ProviderUnavailableError
-from papin.llm.options import GenerationOptions
-from papin.llm.provider import Provider
-from papin.llm.types import (
+from papin.llm.datatypes import (
     Capability,
     FinishReason,
     GenerationChunk,
@@ -20,6 +17,9 @@ from papin.llm.types import (
     ProviderStatus,
     ProviderType,
 )
+from papin.llm.errors import ModelNotFoundError, ProviderUnavailableError
+from papin.llm.options import GenerationOptions
+from papin.llm.provider import Provider
 from tests.contract import test_contract as contract
 from tests.contract.backends import ContractBackend
 

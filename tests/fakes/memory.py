@@ -6,10 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-from papin.llm.errors import ModelNotFoundError
-from papin.llm.options import GenerationOptions
-from papin.llm.provider import Messages, Provider, ProviderConfig, as_messages
-from papin.llm.types import (
+from papin.llm.datatypes import (
     Capability,
     DownloadStatus,
     GenerationChunk,
@@ -19,6 +16,9 @@ from papin.llm.types import (
     ProviderStatus,
     ProviderType,
 )
+from papin.llm.errors import ModelNotFoundError
+from papin.llm.options import GenerationOptions
+from papin.llm.provider import Messages, Provider, ProviderConfig, as_messages
 
 
 class MemoryConfig(ProviderConfig):

@@ -429,7 +429,7 @@ async def test_background_download_and_cancel(factory: ProviderFactory) -> None:
 
 async def test_unsupported_operation_is_clear() -> None:
     class Minimal(Provider):
-        from papin.llm.types import ProviderType as _PT
+        from papin.llm.datatypes import ProviderType as _PT
 
         provider_type = _PT.OLLAMA
         display_name = "Minimal"

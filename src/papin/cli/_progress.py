@@ -1,6 +1,6 @@
 """A rich progress bar on stderr for model downloads, fed with :class:`DownloadStatus`.
 
-Speed and ETA come from the library's :class:`~papin.llm.types.DownloadStatus` (a smoothed
+Speed and ETA come from the library's :class:`~papin.llm.datatypes.DownloadStatus` (a smoothed
 moving average), not from rich's own estimate, so every frontend shows the same numbers.
 """
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from papin.llm.types import DownloadStatus
+    from papin.llm.datatypes import DownloadStatus
 
 __all__ = ["DownloadProgress"]
 

@@ -23,9 +23,9 @@ from papin.cli.generate import (
 from papin.llm.errors import ProviderError
 
 if TYPE_CHECKING:
+    from papin.llm.datatypes import ChatMessage
     from papin.llm.options import GenerationOptions
     from papin.llm.sync import SyncLLMManager
-    from papin.llm.types import ChatMessage
 
 __all__ = ["chat"]
 
@@ -76,7 +76,7 @@ def chat(
     that reply only; Ctrl-C at the prompt quits (exit status 130). When stdin is not a
     terminal, lines are read without a prompt and any error ends the session.
     """
-    from papin.llm.types import ChatMessage
+    from papin.llm.datatypes import ChatMessage
 
     options = build_options(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,

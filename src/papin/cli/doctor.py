@@ -100,11 +100,11 @@ def _model_part(report: _Report) -> None:
     same :func:`~papin.llm.hardware.backend_settings.resolve_settings` call), and its fit."""
     from pathlib import Path
 
+    from papin.llm.discovery.model_files import find_model_info
     from papin.llm.errors import ProviderError
     from papin.llm.factory import get_provider_factory
     from papin.llm.hardware.backend_settings import resolve_settings
     from papin.llm.hardware.fit import assess_fit
-    from papin.llm.hardware.fit_models import find_model_info
     from papin.llm.providers.llamacpp import LlamaCppConfig, user_load_settings
 
     try:
@@ -163,17 +163,14 @@ def _safety_part(report: _Report) -> None:
         )
         report.safety["llama_server"] = {"flags": list(flags), "reason": why}
     if report.model_info is not None and report.tuned is not None and hw.llama.package_version:
-        from papin.llm.providers._llama.probe import verdicts_for
-        from papin.llm.providers._llama.runtime import LoadSettings
+        from papin.llm.providers.llamacpp import probe_verdicts
 
-        t = report.tuned
-        settings = LoadSettings(t.context_size, t.threads, t.batch_size, t.gpu_layers)
         try:
-            found = verdicts_for(report.model_info.quantization, settings)
+            found = probe_verdicts(report.model_info.quantization, report.tuned.gpu_layers > 0)
         except Exception as exc:  # the report never fails on one part
             report.problems.append(f"crash probe verdicts: {type(exc).__name__}: {exc}")
             found = {}
-        report.safety["probe"] = {k: {**v.to_record(), "verdict": v.describe()} for k, v in found.items()}
+        report.safety["probe"] = found
 
 
 def _provider_part(report: _Report, state: CliState, refresh: bool) -> None:
@@ -255,10 +252,10 @@ def _print(r: _Report) -> None:
     _print_hardware(r.hardware)
     _print_tuning(r)
     if r.discovery is not None:
-        from papin.cli.providers import _print_discovery
+        from papin.cli.providers import print_discovery
 
         _heading("Discovery")
-        _print_discovery(r.discovery)
+        print_discovery(r.discovery)
     _heading("Provider")
     if r.chosen:
         where = f" at {r.endpoint}" if r.endpoint and "://" in r.endpoint else ""
@@ -373,7 +370,7 @@ def _print_safety(r: _Report) -> None:
         rows.append(("llama-server", f"{flags}: {server['reason']}"))
     probe = r.safety.get("probe")
     if probe is not None:
-        seen = [f"{k}: {v['verdict']} ({v['seconds']} s, {v['when']})" for k, v in probe.items()]
+        seen = [f"{k}: {v}" for k, v in probe.items()]
         never = "not run yet for this model (it runs before the first load)"
         rows.append(("crash probe", "; ".join(seen) or never))
     if rows:

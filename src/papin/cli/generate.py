@@ -19,8 +19,8 @@ from papin.cli._common import (
 
 if TYPE_CHECKING:
     from papin.cli._progress import DownloadProgress
+    from papin.llm.datatypes import GenerationResult
     from papin.llm.options import GenerationOptions
-    from papin.llm.types import GenerationResult
 
 __all__ = [
     "auto_pull_progress",
@@ -229,7 +229,7 @@ def _report_interrupt(parts: list[str], bar: DownloadProgress, *, as_json: bool)
 
 
 def _partial_result(provider: str, model: str, parts: list[str]) -> dict[str, Any]:
-    from papin.llm.types import GenerationResult, GenerationStats
+    from papin.llm.datatypes import GenerationResult, GenerationStats
 
     result = GenerationResult(
         text="".join(parts),

@@ -21,9 +21,9 @@ from papin.cli._common import (
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from papin.llm.datatypes import DownloadStatus
     from papin.llm.hardware import HardwareInfo
     from papin.llm.hardware.fit import FitReport
-    from papin.llm.types import DownloadStatus
 
 __all__ = ["models_group"]
 
@@ -216,9 +216,9 @@ def fit(models: tuple[str, ...], context: int | None, as_json: bool) -> None:
     from pathlib import Path
 
     from papin.llm.config import LLMConfig
+    from papin.llm.discovery.model_files import find_model_info
     from papin.llm.hardware import detect_hardware
     from papin.llm.hardware.fit import assess_fit, best_fit
-    from papin.llm.hardware.fit_models import find_model_info
 
     config = LLMConfig.load()
     models_dir = config.settings_for("llamacpp").get("models_dir")

@@ -87,7 +87,7 @@ def providers(state: CliState, as_json: bool, refresh: bool) -> None:
     for name, status in statuses.items():
         if not status.available:
             click.echo(f"{name}: {one_line(status.error or 'unavailable')}")
-    _print_discovery(found)
+    print_discovery(found)
     click.echo(f"Configured provider: {configured or '(none: choose automatically)'}")
     if chosen is not None:
         click.echo(f"Using {chosen}: {reason}")
@@ -102,7 +102,7 @@ def _models_text(models: tuple[str, ...], limit: int = 3) -> str:
     return f"{len(models)} ({shown})"
 
 
-def _print_discovery(found: DiscoveryResult) -> None:
+def print_discovery(found: DiscoveryResult) -> None:
     from rich.table import Table
     from rich.text import Text
 

@@ -19,6 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from papin.llm.config import LLMConfig, config_path
+    from papin.llm.datatypes import (
+        Capability,
+        ChatMessage,
+        DownloadStatus,
+        GenerationChunk,
+        GenerationResult,
+        GenerationStats,
+        LoadedModel,
+        ModelInfo,
+        ProviderStatus,
+        ProviderType,
+    )
     from papin.llm.discovery import DiscoveredBackend, Discovery, DiscoveryResult, get_discovery
     from papin.llm.errors import (
         AuthenticationError,
@@ -47,18 +59,6 @@ if TYPE_CHECKING:
     from papin.llm.options import GenerationOptions
     from papin.llm.provider import Provider, ProviderConfig
     from papin.llm.sync import SyncLLMManager, create_sync_llm_manager
-    from papin.llm.types import (
-        Capability,
-        ChatMessage,
-        DownloadStatus,
-        GenerationChunk,
-        GenerationResult,
-        GenerationStats,
-        LoadedModel,
-        ModelInfo,
-        ProviderStatus,
-        ProviderType,
-    )
 
 _EXPORTS: dict[str, str] = {
     "Discovery": "discovery",
@@ -106,16 +106,16 @@ _EXPORTS: dict[str, str] = {
     "ProviderConfig": "provider",
     "SyncLLMManager": "sync",
     "create_sync_llm_manager": "sync",
-    "Capability": "types",
-    "ChatMessage": "types",
-    "DownloadStatus": "types",
-    "GenerationChunk": "types",
-    "GenerationResult": "types",
-    "GenerationStats": "types",
-    "LoadedModel": "types",
-    "ModelInfo": "types",
-    "ProviderStatus": "types",
-    "ProviderType": "types",
+    "Capability": "datatypes",
+    "ChatMessage": "datatypes",
+    "DownloadStatus": "datatypes",
+    "GenerationChunk": "datatypes",
+    "GenerationResult": "datatypes",
+    "GenerationStats": "datatypes",
+    "LoadedModel": "datatypes",
+    "ModelInfo": "datatypes",
+    "ProviderStatus": "datatypes",
+    "ProviderType": "datatypes",
 }
 
 __all__ = [

@@ -19,8 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from papin.llm.datatypes import ProviderStatus
 from papin.llm.errors import ConfigurationError, ProviderUnavailableError
-from papin.llm.types import ProviderStatus
 
 if TYPE_CHECKING:
     from papin.llm.config import LLMConfig

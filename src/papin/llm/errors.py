@@ -21,13 +21,16 @@ class to react (retry a :class:`RateLimitedError`, pull on :class:`ModelNotFound
     └── UnsupportedOperationError    the provider lacks this capability
 
 Transport exceptions are translated into this tree in exactly one place,
-:func:`papin.llm.transport.http.map_transport_errors`; the original exception stays chained as
+:func:`papin.llm.transport.client.map_transport_errors`; the original exception stays chained as
 ``__cause__``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 __all__ = [
     "AuthenticationError",
@@ -45,6 +48,7 @@ __all__ = [
     "ProviderUnavailableError",
     "RateLimitedError",
     "UnsupportedOperationError",
+    "format_validation_error",
 ]
 
 
@@ -224,3 +228,17 @@ class UnsupportedOperationError(ProviderError, NotImplementedError):
     """The provider does not offer this operation (see ``Provider.capabilities``)."""
 
     kind = "unsupported"
+
+
+def format_validation_error(exc: ValidationError, where: str) -> str:
+    """One readable line per problem of a pydantic validation, naming the setting."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}")
+    return f"Invalid {where}: " + "; ".join(problems)

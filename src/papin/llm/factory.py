@@ -18,10 +18,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from papin.llm.config import format_validation_error
-from papin.llm.errors import ConfigurationError, ProviderError
+from papin.llm.datatypes import ProviderStatus, ProviderType
+from papin.llm.errors import ConfigurationError, ProviderError, format_validation_error
 from papin.llm.provider import Provider, ProviderConfig
-from papin.llm.types import ProviderStatus, ProviderType
 
 __all__ = ["ENTRY_POINT_GROUP", "ProviderFactory", "get_provider_factory", "reset_provider_factory"]
 

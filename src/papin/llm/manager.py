@@ -19,6 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from papin.llm.choice import ProviderChoice, choose_provider
 from papin.llm.config import LLMConfig
+from papin.llm.datatypes import (
+    Capability,
+    DownloadStatus,
+    GenerationChunk,
+    GenerationResult,
+    LoadedModel,
+    ModelInfo,
+    ProviderStatus,
+)
 from papin.llm.errors import (
     ConfigurationError,
     ModelNotFoundError,
@@ -28,15 +37,6 @@ from papin.llm.errors import (
 from papin.llm.factory import ProviderFactory, get_provider_factory
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import ChunkCallback, Messages, ProgressCallback, Provider
-from papin.llm.types import (
-    Capability,
-    DownloadStatus,
-    GenerationChunk,
-    GenerationResult,
-    LoadedModel,
-    ModelInfo,
-    ProviderStatus,
-)
 
 if TYPE_CHECKING:
     import asyncio

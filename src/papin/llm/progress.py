@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from papin.llm.types import DownloadStatus
+from papin.llm.datatypes import DownloadStatus
 
 __all__ = ["ProgressMeter"]
 

@@ -23,15 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from papin.llm.errors import (
-    CancelledError,
-    DownloadError,
-    ModelNotFoundError,
-    ProviderError,
-    UnsupportedOperationError,
-)
-from papin.llm.options import GenerationOptions
-from papin.llm.types import (
+from papin.llm.datatypes import (
     Capability,
     ChatMessage,
     DownloadStatus,
@@ -43,6 +35,14 @@ from papin.llm.types import (
     ProviderStatus,
     ProviderType,
 )
+from papin.llm.errors import (
+    CancelledError,
+    DownloadError,
+    ModelNotFoundError,
+    ProviderError,
+    UnsupportedOperationError,
+)
+from papin.llm.options import GenerationOptions
 
 if TYPE_CHECKING:
     import asyncio

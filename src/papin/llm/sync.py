@@ -25,11 +25,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from papin.llm.config import LLMConfig
-from papin.llm.errors import ConfigurationError
-from papin.llm.manager import LLMManager, ProviderChoice, create_llm_manager
-from papin.llm.options import GenerationOptions
-from papin.llm.provider import ChunkCallback, Messages, ProgressCallback, Provider
-from papin.llm.types import (
+from papin.llm.datatypes import (
     DownloadStatus,
     GenerationChunk,
     GenerationResult,
@@ -37,6 +33,10 @@ from papin.llm.types import (
     ModelInfo,
     ProviderStatus,
 )
+from papin.llm.errors import ConfigurationError
+from papin.llm.manager import LLMManager, ProviderChoice, create_llm_manager
+from papin.llm.options import GenerationOptions
+from papin.llm.provider import ChunkCallback, Messages, ProgressCallback, Provider
 
 if TYPE_CHECKING:
     from papin.llm.discovery import DiscoveryResult

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from papin.llm.datatypes import Capability, DownloadStatus
 from papin.llm.errors import (
     AuthenticationError,
     DownloadError,
@@ -26,7 +27,6 @@ from papin.llm.factory import get_provider_factory
 from papin.llm.options import GenerationOptions
 from papin.llm.providers.lmstudio import LMStudioConfig, LMStudioProvider
 from papin.llm.providers.openai_compatible import OpenAICompatibleConfig
-from papin.llm.types import Capability, DownloadStatus
 from tests.fakes.lmstudio import NO_MODELS_LOADED, FakeLMStudio
 from tests.fakes.openai_server import DEFAULT_TOKENS
 

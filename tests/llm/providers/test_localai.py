@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from papin.llm.datatypes import DownloadStatus
 from papin.llm.errors import (
     AuthenticationError,
     DownloadError,
@@ -24,7 +25,6 @@ from papin.llm.errors import (
 from papin.llm.factory import get_provider_factory
 from papin.llm.options import GenerationOptions
 from papin.llm.providers.localai import LocalAIConfig, LocalAIProvider, parse_size
-from papin.llm.types import DownloadStatus
 from tests.contract.backends import closed_port_url
 from tests.fakes.localai import MIB, FakeLocalAI, format_bytes
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from papin.llm.config import LLMConfig
+from papin.llm.datatypes import ChatMessage, DownloadStatus
 from papin.llm.errors import (
     AuthenticationError,
     DownloadError,
@@ -20,7 +21,6 @@ from papin.llm.errors import (
 from papin.llm.manager import create_llm_manager
 from papin.llm.options import GenerationOptions
 from papin.llm.providers.ollama import OllamaConfig, OllamaProvider
-from papin.llm.types import ChatMessage, DownloadStatus
 from tests.fakes.ollama import DEFAULT_TOKENS, FakeOllama
 from tests.ollama_helpers import MODEL, closed_port_url, make_config
 

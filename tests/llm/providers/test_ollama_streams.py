@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from papin.llm.config import LLMConfig
+from papin.llm.datatypes import DownloadStatus
 from papin.llm.errors import ModelNotFoundError, ProviderError
 from papin.llm.manager import LLMManager
 from papin.llm.providers.ollama import OllamaProvider
 from papin.llm.sync import SyncLLMManager
-from papin.llm.types import DownloadStatus
 from tests.fakes._server import StreamRecord
 from tests.fakes.ollama import DEFAULT_TOKENS, FakeOllama
 from tests.ollama_helpers import MODEL, make_config

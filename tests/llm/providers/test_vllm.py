@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from papin.llm.datatypes import Capability
 from papin.llm.errors import (
     AuthenticationError,
     GenerationError,
@@ -23,7 +24,6 @@ from papin.llm.errors import (
 from papin.llm.factory import ProviderFactory
 from papin.llm.options import GenerationOptions
 from papin.llm.providers.vllm import VLLMConfig, VLLMProvider
-from papin.llm.types import Capability
 from tests.fakes.vllm import DEFAULT_TOKENS, FakeVLLM
 
 pytestmark = pytest.mark.timeout(20)

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from papin.llm.datatypes import DownloadStatus
 from papin.llm.errors import (
     ConfigurationError,
     DownloadError,
@@ -30,7 +31,6 @@ from papin.llm.errors import (
 from papin.llm.store import DEFAULT_MODEL_ID, ModelStore, StoredModel
 from papin.llm.store.sources import parse_source
 from papin.llm.store.transfer import UrlDownload
-from papin.llm.types import DownloadStatus
 from tests.ggufs import gguf_bytes, write_gguf
 
 pytestmark = pytest.mark.timeout(30)

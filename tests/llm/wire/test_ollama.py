@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from papin.llm.datatypes import ChatMessage
 from papin.llm.errors import ConfigurationError
 from papin.llm.options import GenerationOptions
-from papin.llm.types import ChatMessage
 from papin.llm.wire import ollama as wire
 
 # -- parse_host (ollama-python ``_parse_host`` doctests, §1.1 and §7.1) -----------------------

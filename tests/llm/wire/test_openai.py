@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from papin.llm.datatypes import ChatMessage
 from papin.llm.errors import ConfigurationError
 from papin.llm.options import GenerationOptions
-from papin.llm.types import ChatMessage
 from papin.llm.wire import openai as wire
 
 pytestmark = pytest.mark.timeout(10)

@@ -34,9 +34,9 @@ from papin.llm.config.schema import (
     SchemaTooNewError,
     migrate_config_data,
 )
-from papin.llm.errors import ConfigurationError
+from papin.llm.datatypes import ProviderType
+from papin.llm.errors import ConfigurationError, format_validation_error
 from papin.llm.options import GenerationOptions
-from papin.llm.types import ProviderType
 
 __all__ = [
     "CONFIG_SCHEMA_VERSION",
@@ -63,20 +63,6 @@ def config_path() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_config_dir("papin", appauthor=False)) / "config.json"
-
-
-def format_validation_error(exc: ValidationError, where: str) -> str:
-    """One readable line per problem, naming the setting."""
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown setting"
-        elif err["type"] == "value_error":
-            msg = msg.removeprefix("Value error, ")
-        problems.append(f"{loc}: {msg}")
-    return f"Invalid {where}: " + "; ".join(problems)
 
 
 def _env_bool(name: str) -> bool | None:

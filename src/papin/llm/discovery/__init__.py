@@ -412,8 +412,8 @@ def discovery_settings(section: DiscoveryConfig | Mapping[str, Any]) -> dict[str
     """
     from pydantic import ValidationError
 
-    from papin.llm.config import DiscoveryConfig, format_validation_error
-    from papin.llm.errors import ConfigurationError
+    from papin.llm.config import DiscoveryConfig
+    from papin.llm.errors import ConfigurationError, format_validation_error
 
     if not isinstance(section, DiscoveryConfig):
         try:

@@ -30,12 +30,12 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from papin.llm.errors import InvalidModelFileError
+from papin.llm.errors import ConfigurationError, InvalidModelFileError, ModelNotFoundError
 from papin.llm.store.gguf import GGUFInfo, read_gguf_info
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ __all__ = [
     "LocalModelFile",
     "clear_cache",
     "find_model_file",
+    "find_model_info",
     "model_roots",
     "register_discovered_model",
     "scan_model_files",
@@ -422,3 +423,76 @@ def clear_cache() -> None:
     """Forget cached GGUF metadata (tests)."""
     with _info_lock:
         _info_cache.clear()
+
+
+# -- a model named by the user: path, store id, packaged default or file on disk -----------------
+
+
+def _looks_like_path(text: str) -> bool:
+    return os.sep in text or "/" in text or text.lower().endswith(".gguf") or text.startswith(("~", "."))
+
+
+def _from_package(model_id: str) -> GGUFInfo | None:
+    """The packaged default model's metadata, read from its first chunk (nothing installed)."""
+    from papin.llm.store.sources import DEFAULT_MODEL_ID, DEFAULT_PACKAGE, load_package
+
+    if model_id.strip().lower() != DEFAULT_MODEL_ID:
+        return None
+    try:
+        parts, _ = load_package(DEFAULT_PACKAGE)
+    except ConfigurationError:  # not installed, or incompletely
+        return None
+    total = sum(p.stat().st_size for p in parts)
+    return read_gguf_info(parts[0], display_name=f"the packaged model '{model_id}'", total_size=total)
+
+
+def find_model_info(
+    reference: str, *, models_dir: Path | None = None, model_dirs: Sequence[str | Path] = ()
+) -> tuple[str, GGUFInfo]:
+    """(where it came from, metadata) of ``reference``: a GGUF file's path, a model id in
+    papin's model store (its tensor sizes read again from the file for an old record), or the
+    packaged default model (read from its package, not installed).
+
+    Raises:
+        InvalidModelFileError: the path is missing, a directory, or not a (whole) GGUF file.
+        ModelNotFoundError: neither a file nor a model papin knows.
+    """
+    text = reference.strip()
+    path = Path(text).expanduser()
+    if path.exists():
+        return str(path), read_gguf_info(path)
+    from papin.llm.hardware.tuning import with_layer_sizes
+    from papin.llm.store import ModelStore
+
+    store = ModelStore(models_dir)
+    stored = store.find(text)
+    if stored is not None:
+        return str(stored.path), with_layer_sizes(stored.info, stored.path)
+    packaged = _from_package(text)
+    if packaged is not None:
+        return f"package:{text}", packaged
+    on_disk = _from_disk(text, model_dirs)
+    if on_disk is not None:
+        return on_disk
+    if _looks_like_path(text) and not text.lower().startswith("hf:"):
+        raise InvalidModelFileError(f"No such model file: {path}.")
+    raise ModelNotFoundError(
+        f"'{reference}' is neither a GGUF file, a model in papin's model store ({store.root}), nor "
+        "a model file found on disk ('papin providers' lists them). Give the path of a .gguf "
+        "file, or a model id from 'papin --provider llamacpp models list'.",
+        model=reference,
+    )
+
+
+def _from_disk(name: str, model_dirs: Sequence[str | Path]) -> tuple[str, GGUFInfo] | None:
+    """A model file discovery finds on disk under ``name`` (an Ollama name such as
+    ``llama3.2:1b``, ``OWNER/REPO/FILE.gguf`` in the Hugging Face cache...)."""
+    from papin.llm.hardware.tuning import with_layer_sizes
+
+    found = find_model_file(name, scan_model_files(extra_dirs=model_dirs))
+    if found is None or found.info is None:
+        return None
+    return str(found.path), with_layer_sizes(found.info, found.path)
+
+
+# -- models described by metadata -----------------------------------------------------------------

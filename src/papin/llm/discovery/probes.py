@@ -1,7 +1,8 @@
 """Probing the candidate addresses (the I/O of discovery).
 
-:func:`probe_all` runs every candidate at once over one shared ``httpx`` client (the aiohttp
-transport papin uses everywhere): ``GET /`` first, then what
+:func:`probe_all` runs every candidate at once over one shared client
+(:class:`papin.llm.transport.probing.ProbeClient`, the aiohttp transport papin uses
+everywhere): ``GET /`` first, then what
 :func:`~papin.llm.discovery.fingerprints.next_paths` asks for, each request bounded by a
 connect and a read timeout. It never raises: an address that refuses, times out or answers
 nonsense is an outcome like any other.
@@ -21,11 +22,10 @@ from papin.llm.discovery.candidates import Candidate
 from papin.llm.discovery.fingerprints import ROOT, Identification, Reply, identify, next_paths
 
 if TYPE_CHECKING:
-    import httpx
+    from papin.llm.transport.probing import ProbeClient
 
-__all__ = ["ProbeOutcome", "make_client", "probe_all", "probe_one"]
+__all__ = ["ProbeOutcome", "probe_all", "probe_one"]
 
-_MAX_BODY = 4 * 1024 * 1024
 _MAX_ROUNDS = 3
 
 
@@ -40,62 +40,13 @@ class ProbeOutcome:
     elapsed: float
 
 
-def make_client(
-    candidates: Sequence[Candidate], connect_timeout: float, read_timeout: float
-) -> httpx.AsyncClient:
-    """The one client all probes of a discovery share (aiohttp transport, no env proxies)."""
-    import httpx
-    from httpx_aiohttp import AiohttpTransport
-
-    from papin.llm.transport.http import _shared_ssl_context
-
-    # A verifying TLS context (reading the CA store, ~20 ms, shared per process) only for https.
-    https = any(c.url.startswith("https://") for c in candidates)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-    verify = _shared_ssl_context(None, True) if https else False
-    transport = AiohttpTransport(verify=verify, limits=limits, trust_env=False)
-    timeout = httpx.Timeout(connect=connect_timeout, read=read_timeout, write=read_timeout, pool=read_timeout)
-    client = httpx.AsyncClient(
-        transport=transport,
-        timeout=timeout,
-        trust_env=False,
-        headers={"user-agent": "papin-discovery", "accept": "application/json"},
-    )
-    del client.headers["connection"]
-    return client
-
-
-def _failure(exc: BaseException) -> str:
-    from papin.llm.transport.http import _classify
-
-    kind, reason = _classify(exc)
-    return "connection refused" if kind == "refused" else reason
-
-
-async def _get(client: httpx.AsyncClient, url: str, read_timeout: float, limit: float) -> Reply:
-    import httpx
-
-    try:
-        async with asyncio.timeout(limit):
-            async with client.stream("GET", url) as response:
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > _MAX_BODY:
-                        break
-                    chunks.append(chunk)
-                return Reply(response.status_code, b"".join(chunks))
-    except TimeoutError:
-        return Reply(None, error=f"no answer within {limit:g} s")
-    except (httpx.ReadTimeout, httpx.PoolTimeout):
-        return Reply(None, error=f"no answer within {read_timeout:g} s")
-    except Exception as exc:  # every transport failure means "nothing answered"
-        return Reply(None, error=_failure(exc))
+async def _get(client: ProbeClient, url: str, limit: float) -> Reply:
+    status, body, error = await client.get(url, limit)
+    return Reply(status, body) if status is not None else Reply(None, error=error)
 
 
 async def probe_one(
-    client: httpx.AsyncClient, candidate: Candidate, connect_timeout: float, read_timeout: float
+    client: ProbeClient, candidate: Candidate, connect_timeout: float, read_timeout: float
 ) -> ProbeOutcome:
     """Probe one address: ``GET /`` first, then what :func:`next_paths` asks for, all
     requests of a round at once. Bounded by about ``connect + 2 * read`` seconds; never raises."""
@@ -110,7 +61,7 @@ async def probe_one(
                 if not paths:
                     break
                 answers = await asyncio.gather(
-                    *(_get(client, candidate.url + p, read_timeout, limit) for p in paths)
+                    *(_get(client, candidate.url + p, limit) for p in paths)
                 )
                 replies.update(zip(paths, answers, strict=True))
     except TimeoutError:  # _get never raises: only the overall bound can end the rounds early
@@ -165,7 +116,9 @@ async def probe_all(
     if not live:
         return [outcome for outcome in closed if outcome is not None]
     try:
-        client = make_client(live, connect_timeout, read_timeout)
+        from papin.llm.transport.probing import ProbeClient
+
+        client = ProbeClient([c.url for c in live], connect_timeout, read_timeout)
     except Exception as exc:  # httpx missing or broken: report, do not raise
         return [
             o or ProbeOutcome(c, None, f"cannot probe: {exc}", 0.0)

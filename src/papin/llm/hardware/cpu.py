@@ -25,10 +25,12 @@ __all__ = [
     "cgroup_memory",
     "cpu_from_proc_cpuinfo",
     "cpu_from_sysctl",
+    "darwin_sysctl",
     "normalise_arch",
     "os_facts",
     "probe_cpu",
     "probe_memory",
+    "read_text_file",
 ]
 
 #: x86 ``/proc/cpuinfo`` flags kept (llama.cpp cares about these), renamed where needed.
@@ -153,7 +155,7 @@ def _libc() -> Any:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.dylib", use_errno=True)
 
 
-def _darwin_sysctl(name: str) -> Any:
+def darwin_sysctl(name: str) -> Any:
     """A macOS ``sysctl`` value through libc (text for the names that hold text, else an
     integer), ``None`` when absent."""
     import ctypes
@@ -230,13 +232,14 @@ def cgroup_cpu_quota(root: Path = Path("/")) -> float | None:
     """CPUs allowed by this process's cgroup CPU quota (v2 ``cpu.max``, v1 ``cfs_quota_us``)."""
     for controller, path in _cgroup_dirs(root, "cpu"):
         if controller == "v2":
-            text = _read(path / "cpu.max")
+            text = read_text_file(path / "cpu.max")
             if text and not text.startswith("max"):
                 quota_v2, _, period_v2 = text.partition(" ")
                 with contextlib.suppress(ValueError):
                     return int(quota_v2) / int(period_v2 or "100000")
         else:
-            quota_text, period_text = _read(path / "cpu.cfs_quota_us"), _read(path / "cpu.cfs_period_us")
+            quota_text = read_text_file(path / "cpu.cfs_quota_us")
+            period_text = read_text_file(path / "cpu.cfs_period_us")
             with contextlib.suppress(TypeError, ValueError):
                 quota, period = int(quota_text or ""), int(period_text or "")
                 if quota > 0 and period > 0:
@@ -266,12 +269,12 @@ def probe_cpu(arch: str) -> tuple[CpuInfo, list[ProbeNote]]:
     performance: int | None = None
     source = "none"
     if sys.platform.startswith("linux"):
-        text = _read(Path("/proc/cpuinfo"), limit=1 << 20)
+        text = read_text_file(Path("/proc/cpuinfo"), limit=1 << 20)
         if text:
             model, features = cpu_from_proc_cpuinfo(text)
             source = "/proc/cpuinfo"
     elif sys.platform == "darwin":
-        model, features, performance = cpu_from_sysctl(_safe(_darwin_sysctl))
+        model, features, performance = cpu_from_sysctl(_safe(darwin_sysctl))
         source = "sysctl"
     elif sys.platform == "win32":  # pragma: no cover - Windows only
         model, features = _windows_cpu()
@@ -309,7 +312,7 @@ def _safe(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 # -- memory ---------------------------------------------------------------------------------------
 
 
-def _read(path: Path, limit: int = 65536) -> str | None:
+def read_text_file(path: Path, limit: int = 65536) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read(limit).strip()
@@ -319,7 +322,7 @@ def _read(path: Path, limit: int = 65536) -> str | None:
 
 def _mounts(root: Path) -> list[tuple[str, str, str, str]]:
     """(mount root, mount point, fs type, super options) of cgroup mounts."""
-    text = _read(root / "proc/self/mountinfo", limit=1 << 20) or ""
+    text = read_text_file(root / "proc/self/mountinfo", limit=1 << 20) or ""
     out = []
     for line in text.splitlines():
         left, sep, right = line.partition(" - ")
@@ -331,7 +334,7 @@ def _mounts(root: Path) -> list[tuple[str, str, str, str]]:
 
 def _cgroup_dirs(root: Path, controller: str) -> Iterable[tuple[str, Path]]:
     """This process's cgroup directory for ``controller`` and its ancestors, leaf first."""
-    text = _read(root / "proc/self/cgroup") or ""
+    text = read_text_file(root / "proc/self/cgroup") or ""
     mounts = _mounts(root)
     for line in text.splitlines():
         parts = line.split(":", 2)
@@ -387,21 +390,21 @@ def cgroup_memory(root: Path = Path("/")) -> tuple[int | None, int | None]:
     first = True
     for version, node in _cgroup_dirs(root, "memory"):
         if version == "v2":
-            raw = _read(node / "memory.max")
+            raw = read_text_file(node / "memory.max")
             value = int(raw) if raw and raw.isdigit() else None
             if first:
-                current = _read(node / "memory.current")
+                current = read_text_file(node / "memory.current")
                 if current and current.isdigit():
-                    cache = _stat_value(_read(node / "memory.stat"), "inactive_file") or 0
+                    cache = _stat_value(read_text_file(node / "memory.stat"), "inactive_file") or 0
                     usage = max(0, int(current) - cache)
         else:
-            stat = _read(node / "memory.stat")
+            stat = read_text_file(node / "memory.stat")
             value = _stat_value(stat, "hierarchical_memory_limit")
-            raw = _read(node / "memory.limit_in_bytes")
+            raw = read_text_file(node / "memory.limit_in_bytes")
             if raw and raw.isdigit():
                 value = min(value or int(raw), int(raw))
             if first:
-                current = _read(node / "memory.usage_in_bytes")
+                current = read_text_file(node / "memory.usage_in_bytes")
                 if current and current.isdigit():
                     cache = _stat_value(stat, "total_inactive_file") or 0
                     usage = max(0, int(current) - cache)
@@ -412,7 +415,7 @@ def cgroup_memory(root: Path = Path("/")) -> tuple[int | None, int | None]:
 
 
 def _meminfo() -> tuple[int, int] | None:
-    text = _read(Path("/proc/meminfo")) or ""
+    text = read_text_file(Path("/proc/meminfo")) or ""
     values = {}
     for line in text.splitlines():
         name, _, rest = line.partition(":")
@@ -426,7 +429,7 @@ def _meminfo() -> tuple[int, int] | None:
 def _mlock_limit(root: Path = Path("/")) -> int | None:
     if sys.platform == "win32":  # pragma: no cover - VirtualLock has no simple limit
         return None
-    status = _read(root / "proc/self/status") or ""
+    status = read_text_file(root / "proc/self/status") or ""
     for line in status.splitlines():
         if line.startswith("CapEff:"):
             with contextlib.suppress(ValueError):

@@ -3,18 +3,15 @@ id, the packaged default), or described without a file (parameters, quantization
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
-from papin.llm.errors import ConfigurationError, InvalidModelFileError, ModelNotFoundError
-from papin.llm.store.gguf import FILE_TYPES, GGUFInfo, _int_value, read_gguf_info, size_label
+from papin.llm.errors import ConfigurationError
+from papin.llm.store.gguf import FILE_TYPES, GGUFInfo, int_value, size_label
 
 __all__ = [
     "BITS_PER_WEIGHT",
     "describe_model",
-    "find_model_info",
     "info_from_metadata",
     "info_from_ollama_show",
 ]
@@ -29,77 +26,6 @@ BITS_PER_WEIGHT: dict[str, float] = {
     "Q2_K": 3.17, "Q2_K_S": 3.17, "IQ3_XXS": 3.06, "IQ2_M": 2.70, "IQ2_S": 2.50,
     "IQ2_XS": 2.31, "IQ2_XXS": 2.06, "TQ2_0": 2.06, "IQ1_M": 1.75, "TQ1_0": 1.69, "IQ1_S": 1.56,
 }  # fmt: skip
-
-
-def _looks_like_path(text: str) -> bool:
-    return os.sep in text or "/" in text or text.lower().endswith(".gguf") or text.startswith(("~", "."))
-
-
-def _from_package(model_id: str) -> GGUFInfo | None:
-    """The packaged default model's metadata, read from its first chunk (nothing installed)."""
-    from papin.llm.store.sources import DEFAULT_MODEL_ID, DEFAULT_PACKAGE, load_package
-
-    if model_id.strip().lower() != DEFAULT_MODEL_ID:
-        return None
-    try:
-        parts, _ = load_package(DEFAULT_PACKAGE)
-    except ConfigurationError:  # not installed, or incompletely
-        return None
-    total = sum(p.stat().st_size for p in parts)
-    return read_gguf_info(parts[0], display_name=f"the packaged model '{model_id}'", total_size=total)
-
-
-def find_model_info(
-    reference: str, *, models_dir: Path | None = None, model_dirs: Sequence[str | Path] = ()
-) -> tuple[str, GGUFInfo]:
-    """(where it came from, metadata) of ``reference``: a GGUF file's path, a model id in
-    papin's model store (its tensor sizes read again from the file for an old record), or the
-    packaged default model (read from its package, not installed).
-
-    Raises:
-        InvalidModelFileError: the path is missing, a directory, or not a (whole) GGUF file.
-        ModelNotFoundError: neither a file nor a model papin knows.
-    """
-    text = reference.strip()
-    path = Path(text).expanduser()
-    if path.exists():
-        return str(path), read_gguf_info(path)
-    from papin.llm.hardware.tuning import with_layer_sizes
-    from papin.llm.store import ModelStore
-
-    store = ModelStore(models_dir)
-    stored = store.find(text)
-    if stored is not None:
-        return str(stored.path), with_layer_sizes(stored.info, stored.path)
-    packaged = _from_package(text)
-    if packaged is not None:
-        return f"package:{text}", packaged
-    on_disk = _from_disk(text, model_dirs)
-    if on_disk is not None:
-        return on_disk
-    if _looks_like_path(text) and not text.lower().startswith("hf:"):
-        raise InvalidModelFileError(f"No such model file: {path}.")
-    raise ModelNotFoundError(
-        f"'{reference}' is neither a GGUF file, a model in papin's model store ({store.root}), nor "
-        "a model file found on disk ('papin providers' lists them). Give the path of a .gguf "
-        "file, or a model id from 'papin --provider llamacpp models list'.",
-        model=reference,
-    )
-
-
-def _from_disk(name: str, model_dirs: Sequence[str | Path]) -> tuple[str, GGUFInfo] | None:
-    """A model file discovery finds on disk under ``name`` (an Ollama name such as
-    ``llama3.2:1b``, ``OWNER/REPO/FILE.gguf`` in the Hugging Face cache...)."""
-    from papin.llm.discovery.model_files import find_model_file, scan_model_files
-    from papin.llm.hardware.tuning import with_layer_sizes
-
-    found = find_model_file(name, scan_model_files(extra_dirs=model_dirs))
-    if found is None or found.info is None:
-        return None
-    return str(found.path), with_layer_sizes(found.info, found.path)
-
-
-# -- models described by metadata -----------------------------------------------------------------
 
 
 def describe_model(
@@ -157,7 +83,7 @@ def describe_model(
 def _int(value: Any) -> int | None:
     if isinstance(value, str) and value.isdigit():
         return int(value)
-    return _int_value(value)
+    return int_value(value)
 
 
 def info_from_metadata(

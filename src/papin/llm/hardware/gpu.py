@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from papin.llm.hardware.cpu import _darwin_sysctl, _read
+from papin.llm.hardware.cpu import darwin_sysctl, read_text_file
 from papin.llm.hardware.info import CpuInfo, GpuInfo, MemoryInfo, ProbeNote
 
 __all__ = [
@@ -317,13 +317,14 @@ def sysfs_gpus(root: Path = Path("/sys/class/drm")) -> list[GpuInfo]:
         return gpus
     for card in cards:
         device = card / "device"
-        vendor_id = _read(device / "vendor")
+        vendor_id = read_text_file(device / "vendor")
         if not vendor_id:
             continue
         vendor = _PCI_VENDORS.get(vendor_id.lower(), "other")
         total = _read_int(device / "mem_info_vram_total") if vendor == "amd" else None
         used = _read_int(device / "mem_info_vram_used") if total else None
-        name = _read(device / "product_name") or f"{vendor.upper()} GPU ({_read(device / 'device') or None})"
+        device_id = read_text_file(device / "device") or None
+        name = read_text_file(device / "product_name") or f"{vendor.upper()} GPU ({device_id})"
         gpus.append(
             GpuInfo(
                 index=len(gpus),
@@ -345,7 +346,7 @@ def _driver_name(device: Path) -> str | None:
 
 
 def _read_int(path: Path) -> int | None:
-    text = _read(path)
+    text = read_text_file(path)
     return int(text) if text and text.isdigit() else None
 
 
@@ -417,7 +418,7 @@ def probe_gpus(
         started = time.perf_counter()
         wired: int | None = None
         with contextlib.suppress(Exception):
-            value = _darwin_sysctl("iogpu.wired_limit_mb")
+            value = darwin_sysctl("iogpu.wired_limit_mb")
             wired = value if isinstance(value, int) and value > 0 else None
         gpus.append(apple_gpu(cpu, memory, wired, os_version))
         notes.append(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import importlib.metadata
 import importlib.util
+import logging
 import re
 import shutil
 import time
@@ -13,7 +15,26 @@ from typing import Any
 
 from papin.llm.hardware.info import LlamaBuildInfo, ProbeNote
 
-__all__ = ["parse_system_info", "probe_llama"]
+__all__ = ["import_llama_cpp", "parse_system_info", "probe_llama"]
+
+logger = logging.getLogger("papin.llamacpp")
+_log_callback: Any = None  # keeps the ctypes callback alive
+
+
+def import_llama_cpp() -> Any:
+    """Import ``llama_cpp`` and route llama.cpp's C logging to Python logging (never stderr)."""
+    global _log_callback
+    import llama_cpp
+
+    if _log_callback is None:
+
+        def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+            logger.debug("%s", text.decode("utf-8", "replace").rstrip())
+
+        _log_callback = llama_cpp.llama_log_callback(forward)
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
+    return llama_cpp
+
 
 _FEATURE = re.compile(r"([A-Za-z0-9_]+)\s*=\s*1\b")
 _BACKEND = re.compile(r"(?:^|\|)\s*([A-Za-z][A-Za-z0-9_]*)\s*:")
@@ -89,8 +110,6 @@ def probe_llama(full: bool) -> tuple[LlamaBuildInfo, list[ProbeNote]]:
         notes.append(ProbeNote("llama.cpp", False, "not probed (include_llama=False)", 0.0))
     else:
         try:
-            from papin.llm.providers._llama.runtime import import_llama_cpp
-
             llama_cpp = import_llama_cpp()
             gpu_offload = bool(llama_cpp.llama_supports_gpu_offload())
             raw = llama_cpp.llama_print_system_info()

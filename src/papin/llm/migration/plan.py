@@ -201,7 +201,7 @@ class _Planner:
     def provider_setting(self, provider: str, name: str, new: Any, source: str) -> None:
         from pydantic import ValidationError
 
-        from papin.llm.config import format_validation_error
+        from papin.llm.errors import format_validation_error
         from papin.llm.factory import get_provider_factory
 
         config_class = get_provider_factory().provider_class(provider).config_class

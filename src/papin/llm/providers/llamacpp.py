@@ -19,17 +19,25 @@ import asyncio
 import dataclasses
 import importlib.metadata
 import importlib.util
-import inspect
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
+from papin.llm.datatypes import (
+    Capability,
+    DownloadStatus,
+    GenerationChunk,
+    GenerationStats,
+    LoadedModel,
+    ModelInfo,
+    ProviderStatus,
+    ProviderType,
+)
 from papin.llm.errors import (
-    ConfigurationError,
     GenerationError,
     ModelNotFoundError,
     NativeCrashError,
@@ -43,6 +51,7 @@ from papin.llm.providers._llama.generation import (
     GenerationJob,
     GenerationRequest,
     raise_for,
+    sampling_kwargs,
     stream_in_thread,
 )
 from papin.llm.providers._llama.runtime import (
@@ -51,16 +60,6 @@ from papin.llm.providers._llama.runtime import (
     LoadSettings,
     import_llama_cpp,
 )
-from papin.llm.types import (
-    Capability,
-    DownloadStatus,
-    GenerationChunk,
-    GenerationStats,
-    LoadedModel,
-    ModelInfo,
-    ProviderStatus,
-    ProviderType,
-)
 
 if TYPE_CHECKING:
     from papin.llm.hardware.tuning import TunedSettings
@@ -68,7 +67,7 @@ if TYPE_CHECKING:
     from papin.llm.providers._llama.probe import VerdictStore
     from papin.llm.store import ModelStore, StoredModel
 
-__all__ = ["EXTRA_HINT", "LlamaCppConfig", "LlamaCppProvider", "PromptTruncatedWarning"]
+__all__ = ["EXTRA_HINT", "LlamaCppConfig", "LlamaCppProvider", "PromptTruncatedWarning", "probe_verdicts"]
 
 EXTRA_HINT = "Install it with: pip install 'papin[embedded]'"
 DEFAULT_MODEL_ID = "gemma-3-270m-q4_k_m"
@@ -83,6 +82,16 @@ ARCHITECTURE_CHAT_FORMATS: dict[str, str] = {
     "qwen2": "qwen",
     "mistral": "mistral-instruct",
 }
+
+
+def probe_verdicts(quantization: str | None, gpu_offload: bool = False) -> dict[str, str]:
+    """What the crash probe found on this machine and llama.cpp build for a model of
+    ``quantization``: ``{"extra buffers on": "ok (0.8 s, 2026-12-06T17:16:56Z)", ...}``
+    (empty before the first load). Imports llama-cpp-python."""
+    from papin.llm.providers._llama.probe import verdicts_for
+
+    found = verdicts_for(quantization, gpu_offload)
+    return {k: f"{v.describe()} ({v.seconds:.2f} s, {v.when})" for k, v in found.items()}
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -448,38 +457,6 @@ class LlamaCppProvider(Provider):
         return self.pool.get(model) is not None
 
     # -- generation -----------------------------------------------------------------------
-    def _sampling_kwargs(
-        self, options: GenerationOptions | None, method: Callable[..., Any]
-    ) -> dict[str, Any]:
-        o = options or GenerationOptions()
-        max_tokens = o.max_tokens if o.max_tokens is not None else self.config.default_max_tokens
-        kw: dict[str, Any] = {"max_tokens": max_tokens}
-        for name in (
-            "temperature",
-            "top_p",
-            "top_k",
-            "min_p",
-            "repeat_penalty",
-            "presence_penalty",
-            "frequency_penalty",
-            "stop",
-            "seed",
-        ):
-            value = getattr(o, name)
-            if value is not None:
-                kw[name] = value
-        if o.additional_params:
-            allowed = set(inspect.signature(method).parameters) - {"self", "stream", "prompt", "messages"}
-            unknown = sorted(set(o.additional_params) - allowed)
-            if unknown:
-                accepted = ", ".join(sorted(allowed))
-                raise ConfigurationError(
-                    f"Unknown llama.cpp option(s) {', '.join(unknown)}; accepted: {accepted}.",
-                    provider=self.name,
-                )
-            kw.update(o.additional_params)
-        return kw
-
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
     ) -> AsyncIterator[GenerationChunk]:
@@ -511,13 +488,14 @@ class LlamaCppProvider(Provider):
         try:
             llama_class = import_llama_cpp().Llama
             exact = self.config.prompt_cache == "exact"
+            most = self.config.default_max_tokens
             if chat_messages is not None:
-                kw = self._sampling_kwargs(options, llama_class.create_chat_completion)
+                kw = sampling_kwargs(options, most, llama_class.create_chat_completion)
                 request = GenerationRequest(
                     "chat", entry.model_id, messages=chat_messages, kwargs=kw, exact_cache=exact
                 )
             else:
-                kw = self._sampling_kwargs(options, llama_class.create_completion)
+                kw = sampling_kwargs(options, most, llama_class.create_completion)
                 request = GenerationRequest(
                     "completion",
                     entry.model_id,

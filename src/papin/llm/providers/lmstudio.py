@@ -35,6 +35,15 @@ from urllib.parse import quote
 
 from pydantic import Field
 
+from papin.llm.datatypes import (
+    Capability,
+    DownloadStatus,
+    GenerationChunk,
+    LoadedModel,
+    ModelInfo,
+    ProviderStatus,
+    ProviderType,
+)
 from papin.llm.errors import (
     DownloadError,
     ModelNotFoundError,
@@ -46,22 +55,12 @@ from papin.llm.errors import (
 from papin.llm.options import GenerationOptions
 from papin.llm.progress import ProgressMeter
 from papin.llm.provider import Messages, ProviderConfig, as_messages
-from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
-from papin.llm.types import (
-    Capability,
-    DownloadStatus,
-    GenerationChunk,
-    LoadedModel,
-    ModelInfo,
-    ProviderStatus,
-    ProviderType,
-)
+from papin.llm.providers._openai import OpenAIBase, OpenAICompatibleConfig
 from papin.llm.wire import openai as wire
 
 if TYPE_CHECKING:
-    import httpx
-
     from papin.llm.transport.base import HttpProviderConfig
+    from papin.llm.transport.client import HttpClient
 
 __all__ = ["DEFAULT_ENDPOINT", "TOKEN_ENV", "LMStudioConfig", "LMStudioProvider"]
 
@@ -102,7 +101,7 @@ class LMStudioConfig(OpenAICompatibleConfig):
     api_key_env: ClassVar[str | None] = TOKEN_ENV
 
 
-class LMStudioProvider(OpenAICompatibleProvider):
+class LMStudioProvider(OpenAIBase):
     """Talks to LM Studio's local server (OpenAI endpoints plus its REST API)."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.LMSTUDIO
@@ -119,7 +118,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     )
 
     def __init__(
-        self, config: HttpProviderConfig | None = None, *, http_client: httpx.AsyncClient | None = None
+        self, config: HttpProviderConfig | None = None, *, http_client: HttpClient | None = None
     ) -> None:
         if config is not None and not isinstance(config, LMStudioConfig):
             config = LMStudioConfig.model_validate(config.model_dump(exclude_unset=True))
@@ -143,7 +142,7 @@ class LMStudioProvider(OpenAICompatibleProvider):
     def is_model_missing(self, status: int, text: str) -> bool:
         """LM Studio says ``Invalid model identifier "x"`` (400, newer versions) or
         ``Model "x" not found`` (404, older ones)."""
-        from papin.llm.transport.http import model_missing
+        from papin.llm.transport.client import model_missing
 
         lowered = text.lower()
         if status in (400, 404) and (

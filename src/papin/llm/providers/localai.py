@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from pydantic import Field
 
+from papin.llm.datatypes import Capability, DownloadStatus, ModelInfo, ProviderStatus, ProviderType
 from papin.llm.errors import (
     AuthenticationError,
     DownloadError,
@@ -46,8 +47,7 @@ from papin.llm.errors import (
 )
 from papin.llm.progress import ProgressMeter
 from papin.llm.provider import ProviderConfig
-from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
-from papin.llm.types import Capability, DownloadStatus, ModelInfo, ProviderStatus, ProviderType
+from papin.llm.providers._openai import OpenAIBase, OpenAICompatibleConfig
 from papin.llm.wire import openai as wire
 
 if TYPE_CHECKING:
@@ -169,7 +169,7 @@ def _job_reason(job: Mapping[str, Any]) -> str:
     return message or "unknown error"
 
 
-class LocalAIProvider(OpenAICompatibleProvider):
+class LocalAIProvider(OpenAIBase):
     """Talks to a LocalAI server (https://localai.io)."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.LOCALAI

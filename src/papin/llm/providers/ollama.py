@@ -17,6 +17,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
 
+from papin.llm.datatypes import (
+    Capability,
+    DownloadStatus,
+    GenerationChunk,
+    LoadedModel,
+    ModelInfo,
+    ProviderStatus,
+    ProviderType,
+)
 from papin.llm.errors import (
     DownloadError,
     GenerationError,
@@ -28,20 +37,11 @@ from papin.llm.options import GenerationOptions
 from papin.llm.progress import ProgressMeter
 from papin.llm.provider import Messages, ProviderConfig, as_messages
 from papin.llm.transport.base import HttpProvider, HttpProviderConfig
-from papin.llm.types import (
-    Capability,
-    DownloadStatus,
-    GenerationChunk,
-    LoadedModel,
-    ModelInfo,
-    ProviderStatus,
-    ProviderType,
-)
 from papin.llm.wire import ollama as wire
 from papin.llm.wire.ndjson import NdjsonDecoder
 
 if TYPE_CHECKING:
-    from papin.llm.transport.http import ServiceInfo
+    from papin.llm.transport.client import ServiceInfo
 
 __all__ = ["OllamaConfig", "OllamaProvider"]
 
@@ -84,7 +84,7 @@ class OllamaProvider(HttpProvider):
 
     def service_info(self) -> ServiceInfo:
         """Ollama-specific hints for error messages."""
-        from papin.llm.transport.http import ServiceInfo
+        from papin.llm.transport.client import ServiceInfo
 
         return ServiceInfo(
             provider=self.name,

@@ -1,6 +1,6 @@
 """vLLM provider: vLLM's OpenAI-compatible server (``vllm serve``), ``backend-apis.md`` §4.
 
-What it adds to :class:`~papin.llm.providers.openai_compatible.OpenAICompatibleProvider`:
+What it adds to the shared OpenAI base (:class:`~papin.llm.providers._openai.OpenAIBase`):
 
 * status from ``GET /health`` (an empty 200 once the model is loaded; the socket refuses
   connections while vLLM starts, so "refused" means "not running or still starting") and the
@@ -36,6 +36,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from pydantic import Field
 
+from papin.llm.datatypes import (
+    Capability,
+    DownloadStatus,
+    GenerationChunk,
+    LoadedModel,
+    ModelInfo,
+    ProviderType,
+)
 from papin.llm.errors import (
     ModelNotFoundError,
     ProtocolError,
@@ -46,15 +54,7 @@ from papin.llm.errors import (
 )
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import Messages, ProviderConfig, as_messages
-from papin.llm.providers.openai_compatible import OpenAICompatibleConfig, OpenAICompatibleProvider
-from papin.llm.types import (
-    Capability,
-    DownloadStatus,
-    GenerationChunk,
-    LoadedModel,
-    ModelInfo,
-    ProviderType,
-)
+from papin.llm.providers._openai import OpenAIBase, OpenAICompatibleConfig
 from papin.llm.wire import openai as wire
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def _route_missing(exc: ProviderError) -> bool:
     )
 
 
-class VLLMProvider(OpenAICompatibleProvider):
+class VLLMProvider(OpenAIBase):
     """Talks to a vLLM server (``vllm serve MODEL``) through its OpenAI-compatible API."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.VLLM
@@ -116,7 +116,7 @@ class VLLMProvider(OpenAICompatibleProvider):
     description: ClassVar[str] = (
         "vLLM serves models on GPUs behind an OpenAI-compatible API (https://docs.vllm.ai)."
     )
-    capabilities: ClassVar[frozenset[Capability]] = OpenAICompatibleProvider.capabilities | {
+    capabilities: ClassVar[frozenset[Capability]] = OpenAIBase.capabilities | {
         Capability.LIST_LOADED
     }
     config_class: ClassVar[type[ProviderConfig]] = VLLMConfig

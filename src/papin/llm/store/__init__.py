@@ -34,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from papin.llm.datatypes import DownloadStatus
 from papin.llm.errors import (
     ConfigurationError,
     DownloadError,
@@ -66,7 +67,6 @@ from papin.llm.store.transfer import (
     hash_file,
     run_blocking,
 )
-from papin.llm.types import DownloadStatus
 
 __all__ = ["DEFAULT_MODEL_ID", "MODELS_DIR_ENV", "ModelStore", "StoredModel"]
 

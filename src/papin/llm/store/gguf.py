@@ -29,6 +29,7 @@ __all__ = [
     "GGML_TYPES",
     "GGUFInfo",
     "describe_non_gguf",
+    "int_value",
     "read_gguf_info",
     "size_label",
 ]
@@ -310,7 +311,7 @@ class _Reader:
         raise _Corrupt(f"unknown array element type {etype}")
 
 
-def _int_value(value: Any) -> int | None:
+def int_value(value: Any) -> int | None:
     """An integer metadata value; a per-layer array gives its maximum."""
     if isinstance(value, bool):
         return None
@@ -399,9 +400,9 @@ def _parse(buf: mmap.mmap, size: int, file_size: int) -> GGUFInfo:
     arch = _str_value(meta.get("general.architecture"))
 
     def arch_int(suffix: str) -> int | None:
-        return _int_value(meta.get(f"{arch}.{suffix}")) if arch else None
+        return int_value(meta.get(f"{arch}.{suffix}")) if arch else None
 
-    file_type = _int_value(meta.get("general.file_type"))
+    file_type = int_value(meta.get("general.file_type"))
     quantization: str | None = None
     if file_type is not None:
         quantization = FILE_TYPES.get(file_type, f"type {file_type}")

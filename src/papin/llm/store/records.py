@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from papin.llm.datatypes import ModelInfo
 from papin.llm.store.gguf import GGUFInfo
-from papin.llm.types import ModelInfo
 
 __all__ = [
     "RECORD_FORMAT",

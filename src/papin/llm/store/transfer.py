@@ -3,7 +3,7 @@
 :func:`copy_files` (local copies, package assembly) and :class:`UrlDownload` write a file
 while reporting progress and computing its sha256 on the way. Blocking file work runs in
 worker threads, a block at a time, so progress keeps flowing and cancelling stays prompt.
-Downloads go through :class:`papin.llm.transport.http.HttpTransport` (the one HTTP layer and error
+Downloads go through :class:`papin.llm.transport.client.HttpTransport` (the one HTTP layer and error
 boundary).
 """
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
+from papin.llm.datatypes import DownloadStatus
 from papin.llm.errors import (
     DownloadError,
     InvalidModelFileError,
@@ -31,12 +32,9 @@ from papin.llm.errors import (
 from papin.llm.progress import ProgressMeter
 from papin.llm.store.gguf import describe_non_gguf
 from papin.llm.store.sources import HF_TOKEN_ENVS, SHA256_RE
-from papin.llm.types import DownloadStatus
 
 if TYPE_CHECKING:
-    import httpx
-
-    from papin.llm.transport.http import HttpTransport
+    from papin.llm.transport.client import HttpResponse, HttpTransport
 
 __all__ = [
     "TransferResult",
@@ -252,7 +250,7 @@ class UrlDownload:
         self._digest = hashlib.sha256()
         self.meter.rebase(0)
 
-    def _on_response(self, response: httpx.Response) -> None:
+    def _on_response(self, response: HttpResponse) -> None:
         status = response.status_code
         headers = response.headers
         if headers.get("content-encoding", "identity").lower() not in ("identity", ""):
@@ -326,7 +324,7 @@ class UrlDownload:
 
     async def run(self) -> AsyncGenerator[DownloadStatus, None]:
         """Download until the part file is complete; ``result`` then has size and sha256."""
-        from papin.llm.transport.http import HttpTransport, PhaseTimeouts, ServiceInfo
+        from papin.llm.transport.client import HttpTransport, PhaseTimeouts, ServiceInfo
 
         parsed = urllib.parse.urlsplit(self.url)
         service = ServiceInfo(

@@ -15,7 +15,7 @@ from papin.llm.provider import Provider, ProviderConfig
 if TYPE_CHECKING:
     import httpx
 
-    from papin.llm.transport.http import HttpTransport, ServiceInfo
+    from papin.llm.transport.client import HttpTransport, ServiceInfo
 
 __all__ = ["HttpProvider", "HttpProviderConfig"]
 
@@ -87,7 +87,7 @@ class HttpProvider(Provider):
 
     def service_info(self) -> ServiceInfo:
         """How error messages describe this backend; providers override the hints."""
-        from papin.llm.transport.http import ServiceInfo
+        from papin.llm.transport.client import ServiceInfo
 
         return ServiceInfo(
             provider=self.name, display_name=self.display_name, base_url=self.endpoint
@@ -104,7 +104,7 @@ class HttpProvider(Provider):
     def transport(self) -> HttpTransport:
         """The transport, created on first use."""
         if self._transport is None:
-            from papin.llm.transport.http import HttpTransport, PhaseTimeouts
+            from papin.llm.transport.client import HttpTransport, PhaseTimeouts
 
             c = self.config
             self._transport = HttpTransport(

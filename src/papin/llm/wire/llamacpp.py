@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
+from papin.llm.datatypes import GenerationStats, ModelInfo
 from papin.llm.errors import RateLimitedError
 from papin.llm.options import GenerationOptions
-from papin.llm.types import GenerationStats, ModelInfo
 from papin.llm.wire.openai import stream_error
 from papin.llm.wire.sse import SSEDecoder
 

@@ -13,9 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from papin.llm.errors import ConfigurationError
-from papin.llm.options import GenerationOptions
-from papin.llm.types import (
+from papin.llm.datatypes import (
     ChatMessage,
     FinishReason,
     GenerationChunk,
@@ -23,6 +21,8 @@ from papin.llm.types import (
     LoadedModel,
     ModelInfo,
 )
+from papin.llm.errors import ConfigurationError
+from papin.llm.options import GenerationOptions
 from papin.llm.wire.hosts import connectable_host
 
 __all__ = [

@@ -12,9 +12,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
+from papin.llm.datatypes import ChatMessage, FinishReason, ModelInfo
 from papin.llm.errors import ConfigurationError
 from papin.llm.options import GenerationOptions
-from papin.llm.types import ChatMessage, FinishReason, ModelInfo
 
 __all__ = [
     "StreamDelta",

@@ -325,7 +325,7 @@ async def test_real_server_facts_tokens_and_native_completion() -> None:
             assert [m.id for m in await external.list_loaded_models()] == [DEFAULT_MODEL_ID]
         async with httpx.AsyncClient(base_url=server.url) as client:  # malformed JSON
             response = await client.post("/completion", content=b"{bad json")
-        from papin.llm.transport.http import error_for_response
+        from papin.llm.transport.client import error_for_response
 
         error = error_for_response(provider.service_info(), response.status_code, response.content,
                                    response.headers, path="/completion")  # fmt: skip

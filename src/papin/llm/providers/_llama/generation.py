@@ -17,6 +17,7 @@ caller sees.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -24,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
 
-from papin.llm.errors import GenerationError
+from papin.llm.errors import ConfigurationError, GenerationError
+from papin.llm.options import GenerationOptions
 from papin.llm.providers._llama.runtime import LoadedLlama, import_llama_cpp
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "GenerationRequest",
     "execute",
     "raise_for",
+    "sampling_kwargs",
     "stream_in_thread",
     "strip_placeholders",
 ]
@@ -214,6 +217,40 @@ def execute(llama: Any, n_ctx: int, request: GenerationRequest, job: GenerationJ
 
 def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+
+
+def sampling_kwargs(
+    options: GenerationOptions | None, default_max_tokens: int | None, method: Callable[..., Any]
+) -> dict[str, Any]:
+    """llama-cpp-python keyword arguments for ``options``; ``additional_params`` are checked
+    against the signature of ``method`` (``Llama.create_completion``...)."""
+    o = options or GenerationOptions()
+    kw: dict[str, Any] = {"max_tokens": o.max_tokens if o.max_tokens is not None else default_max_tokens}
+    for name in (
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "repeat_penalty",
+        "presence_penalty",
+        "frequency_penalty",
+        "stop",
+        "seed",
+    ):
+        value = getattr(o, name)
+        if value is not None:
+            kw[name] = value
+    if o.additional_params:
+        allowed = set(inspect.signature(method).parameters) - {"self", "stream", "prompt", "messages"}
+        unknown = sorted(set(o.additional_params) - allowed)
+        if unknown:
+            accepted = ", ".join(sorted(allowed))
+            raise ConfigurationError(
+                f"Unknown llama.cpp option(s) {', '.join(unknown)}; accepted: {accepted}.",
+                provider="llamacpp",
+            )
+        kw.update(o.additional_params)
+    return kw
 
 
 def raise_for(payload: tuple[str, str, tuple[int, ...]], provider: str, model: str) -> NoReturn:

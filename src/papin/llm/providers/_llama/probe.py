@@ -196,9 +196,10 @@ class VerdictStore:
         return {k: v for k in keys if (v := self.get(k)) is not None}
 
 
-def verdicts_for(quantization: str | None, settings: LoadSettings) -> dict[str, ProbeVerdict]:
+def verdicts_for(quantization: str | None, gpu_offload: bool = False) -> dict[str, ProbeVerdict]:
     """The stored verdicts for a model of ``quantization`` on this machine and build, by
     ``"extra buffers on"``/``"off"`` (``papin doctor``). Imports llama-cpp-python."""
+    settings = LoadSettings(n_ctx=512, n_threads=1, n_batch=512, n_gpu_layers=1 if gpu_offload else 0)
     from papin.llm.hardware import detect_cpu
     from papin.llm.providers._llama.runtime import import_llama_cpp
 

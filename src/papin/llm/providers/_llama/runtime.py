@@ -19,7 +19,6 @@ This module imports ``llama_cpp`` lazily (only when a model is loaded).
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
 import os
@@ -30,6 +29,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from papin.llm.hardware.llama import import_llama_cpp
 
 logger = logging.getLogger("papin.llamacpp")
 
@@ -42,25 +43,9 @@ __all__ = [
     "reusable_prefix",
 ]
 
-_log_callback: Any = None  # keeps the ctypes callback alive
 _hook_lock = threading.Lock()
 _load_state = threading.local()
 _aligned_class: Any = None
-
-
-def import_llama_cpp() -> Any:
-    """Import ``llama_cpp`` and route llama.cpp's C logging to Python logging (never stderr)."""
-    global _log_callback
-    import llama_cpp
-
-    if _log_callback is None:
-
-        def forward(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-            logger.debug("%s", text.decode("utf-8", "replace").rstrip())
-
-        _log_callback = llama_cpp.llama_log_callback(forward)
-        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
-    return llama_cpp
 
 
 @dataclass(frozen=True, slots=True)

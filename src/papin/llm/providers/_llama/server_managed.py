@@ -24,7 +24,7 @@ from papin.llm.providers._llama.server_process import (
 from papin.llm.store import DEFAULT_MODEL_ID
 
 if TYPE_CHECKING:
-    from papin.llm.providers.llamacpp_server import LlamaCppServerConfig
+    from papin.llm.providers._llama.server_config import LlamaCppServerConfig
     from papin.llm.store import ModelStore, StoredModel
 
 __all__ = ["ManagedServer"]

@@ -1,0 +1,244 @@
+"""The error boundary: where transport exceptions and HTTP error statuses become
+:class:`~papin.llm.errors.ProviderError` (:func:`map_transport_errors`,
+:func:`error_for_response`), with the backend's own words and a hint a person can act on."""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from papin.llm.errors import (
+    AuthenticationError,
+    ModelNotFoundError,
+    ProviderAPIError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitedError,
+)
+
+__all__ = [
+    "ServiceInfo",
+    "classify",
+    "error_for_response",
+    "map_transport_errors",
+    "model_missing",
+    "parse_retry_after",
+]
+
+
+def _default_error_text(body: bytes, content_type: str | None) -> str:
+    return body.decode("utf-8", "replace").strip()[:500]
+
+
+def model_missing(status: int, text: str) -> bool:
+    """Whether an error answer means "this model does not exist here" (the default rule).
+
+    >>> model_missing(404, "model 'x' not found")
+    True
+    >>> model_missing(404, "The model `x` does not exist.")
+    True
+    >>> model_missing(404, "404 page not found")
+    False
+    >>> model_missing(404, "Not Found")  # FastAPI's (vLLM's) unknown route
+    False
+    """
+    lowered = text.lower().strip().rstrip(".")
+    return status == 404 and ("not found" in lowered or "does not exist" in lowered) and (
+        "page" not in lowered and lowered not in _ROUTE_NOT_FOUND
+    )
+
+
+#: Bodies of a 404 for an unknown route (no model named), not of a missing model.
+_ROUTE_NOT_FOUND = frozenset({"not found", "404 not found", "404: not found", "resource not found"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceInfo:
+    """What the error boundary needs to know to write messages a person can act on."""
+
+    provider: str
+    display_name: str
+    base_url: str
+    start_hint: str = ""
+    auth_hint: str = "Check the API key in the provider's configuration."
+    not_found_hint: Callable[[str], str] = field(default=lambda model: "")
+    error_text: Callable[[bytes, str | None], str] = _default_error_text
+    is_model_missing: Callable[[int, str], bool] = model_missing
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Parse a ``Retry-After`` header (delay seconds or an HTTP date) into seconds.
+
+    >>> parse_retry_after("7")
+    7.0
+    >>> parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412475.0)
+    5.0
+    >>> parse_retry_after("soon") is None
+    True
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def error_for_response(
+    service: ServiceInfo,
+    status: int,
+    body: bytes,
+    headers: httpx.Headers | dict[str, str],
+    *,
+    path: str,
+    model: str | None = None,
+) -> ProviderError:
+    """Build the error for an HTTP error status (the one place statuses are mapped)."""
+    content_type = headers.get("content-type")
+    text = service.error_text(body, content_type) if body else ""
+    where = f"{service.display_name} at {service.base_url}"
+    detail = f": {text.rstrip('.')}" if text else " (empty body)"
+    kw: dict[str, Any] = {
+        "provider": service.provider,
+        "model": model,
+        "status_code": status,
+        "body": text or None,
+    }
+    if status in (401, 403):
+        return AuthenticationError(
+            f"{where} refused the request ({status}){detail}. {service.auth_hint}", **kw
+        )
+    if status in (429, 503):
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        wait = f" Retry in {retry_after:g} s." if retry_after is not None else " Retry later."
+        busy = "is rate limiting requests" if status == 429 else "is busy or still loading"
+        return RateLimitedError(
+            f"{where} {busy} ({status}){detail}.{wait}", retry_after=retry_after, **kw
+        )
+    if model is not None and service.is_model_missing(status, text):
+        hint = service.not_found_hint(model)
+        return ModelNotFoundError(
+            f"Model '{model}' is not available on {where}{detail}. {hint}".rstrip(), **kw
+        )
+    if status == 404:
+        return ProviderAPIError(
+            f"{where} has no endpoint {path} (404){detail}. Check that the endpoint is really "
+            f"{service.display_name} and that its version supports this operation.",
+            **kw,
+        )
+    if status >= 500:
+        return ProviderAPIError(f"{where} failed with a server error ({status}){detail}.", **kw)
+    return ProviderAPIError(f"{where} rejected the request ({status}){detail}.", **kw)
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """Classify a transport failure as (kind, reason). Kinds: ``refused`` (nothing listening or
+    unreachable), ``connect_timeout``, ``tls``, ``lost`` (dropped mid-request), ``other``.
+
+    httpx-aiohttp maps most aiohttp connection errors to ``httpx.ConnectTimeout``, so the
+    original aiohttp exception (``__cause__``) decides when there is one.
+    """
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a dependency
+        aiohttp = None  # type: ignore[assignment]
+    if aiohttp is not None and isinstance(cause, aiohttp.ClientError):
+        if isinstance(cause, aiohttp.ClientSSLError):
+            return "tls", str(cause)
+        if isinstance(cause, aiohttp.ConnectionTimeoutError):
+            return "connect_timeout", "connect timed out"
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            err = cause.os_error
+            if isinstance(err, ConnectionRefusedError):
+                return "refused", "connection refused"
+            return "refused", str(err) or "cannot connect"
+        if isinstance(cause, aiohttp.ServerDisconnectedError):
+            return "lost", "the server closed the connection"
+        if isinstance(cause, aiohttp.ClientPayloadError):
+            return "lost", f"the response was cut off: {cause}"
+        if isinstance(cause, aiohttp.ClientOSError) and isinstance(
+            cause.__cause__ or cause, ConnectionResetError
+        ):
+            return "lost", "connection reset by the server"
+        return "lost", str(cause) or type(cause).__name__
+    if isinstance(cause, ssl.SSLError):
+        return "tls", str(cause)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect_timeout", "connect timed out"
+    if isinstance(exc, httpx.ConnectError):
+        text = str(cause).lower()
+        return "refused", "connection refused" if "refused" in text else (str(cause) or "cannot connect")
+    if isinstance(cause, ConnectionResetError):
+        return "lost", "connection reset by the server"
+    if isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError)):
+        return "lost", str(cause) or type(cause).__name__
+    return "other", str(cause) or type(cause).__name__
+
+
+#: OpenSSL errors meaning the server answered a TLS handshake with something else (plain HTTP).
+_NOT_TLS = ("wrong version number", "wrong_version_number", "record layer failure",
+            "packet length too long", "http request")
+
+
+@contextlib.contextmanager
+def map_transport_errors(service: ServiceInfo, *, model: str | None = None) -> Iterator[None]:
+    """Translate httpx/aiohttp/OS transport exceptions into :class:`ProviderError`."""
+    kw: dict[str, Any] = {"provider": service.provider, "model": model}
+    where = f"{service.display_name} at {service.base_url}"
+    try:
+        yield
+    except (ProviderError, TimeoutError):
+        raise  # TimeoutError: a phase timeout, turned into ProviderTimeoutError by the caller
+    except httpx.UnsupportedProtocol as exc:
+        raise ProviderUnavailableError(
+            f"Cannot connect to {service.base_url}: {exc}. Use an http:// or https:// URL.", **kw
+        ) from exc
+    except (httpx.TransportError, ssl.SSLError, OSError) as exc:
+        kind, reason = classify(exc)
+        if kind == "refused":
+            raise ProviderUnavailableError(
+                f"{service.display_name} is not running at {service.base_url} ({reason}). "
+                f"{service.start_hint}".rstrip(),
+                **kw,
+            ) from exc
+        if kind == "connect_timeout":
+            raise ProviderTimeoutError(
+                f"Timed out connecting to {where}. Check that the address is right and reachable.",
+                phase="connect",
+                **kw,
+            ) from exc
+        if kind == "tls" and any(s in reason.lower() for s in _NOT_TLS):
+            raise ProviderUnavailableError(
+                f"{where} does not answer TLS (https) on that port ({reason}). If it serves "
+                "plain HTTP, use an http:// endpoint.",
+                **kw,
+            ) from exc
+        if kind == "tls":
+            raise ProviderUnavailableError(
+                f"TLS error talking to {where}: {reason}. Set verify_ssl to false, or ca_bundle "
+                "to the server's CA certificate, if it uses a private or self-signed certificate.",
+                **kw,
+            ) from exc
+        if kind == "lost":
+            raise ProviderUnavailableError(
+                f"Lost the connection to {where} ({reason}); the answer is incomplete.", **kw
+            ) from exc
+        raise ProviderUnavailableError(f"Request to {where} failed: {reason}", **kw) from exc
+    except httpx.HTTPError as exc:
+        raise ProviderUnavailableError(f"Request to {where} failed: {exc}", **kw) from exc
