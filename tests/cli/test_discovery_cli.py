@@ -70,3 +70,50 @@ def test_providers_with_nothing_running() -> None:
     assert "error: connection refused" in result.stdout
     assert "Model files on disk: 0 usable" in result.stdout
     assert "No provider is usable" in result.stdout
+
+
+def test_providers_table_comes_from_the_one_probing_pass(tmp_path: Path) -> None:
+    """A listener that accepts and never answers where llama-server and LocalAI would be:
+    their rows come from discovery's probe (bounded by its short timeouts), not from a second
+    status check that would wait out each provider's own 5 s timeout."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])  # and never answer
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    silent = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"providers": {"llamacpp_server": {"endpoint": silent},
+                                                "localai": {"endpoint": silent}}}))  # fmt: skip
+    try:
+        with FakeOllama(models=["llama3.2:1b"]) as ollama:
+            env = {"PAPIN_DISCOVERY_CANDIDATES": f"{ollama.url},{silent}", "PAPIN_CONFIG": str(config)}
+            result = papin("providers", "--json", env=env)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for conn in accepted:
+            conn.close()
+    assert result.exit_code == 0, result.output
+    rows = {p["provider"]: p for p in json.loads(result.stdout)["providers"]}
+    assert rows["ollama"]["available"] and rows["ollama"]["endpoint"] == ollama.url
+    for name in ("llamacpp_server", "localai"):
+        row = rows[name]
+        assert not row["available"] and row["endpoint"] == silent
+        assert f"answering at {silent}" in row["error"], row  # discovery's verdict, no own timeout
+    assert rows["llamacpp"]["available"]  # asked directly: in-process

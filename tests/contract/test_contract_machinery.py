@@ -28,8 +28,8 @@ class EchoProvider(Provider):
     """Echoes the prompt's words back; only generation, streaming and listing."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.OPENAI_COMPATIBLE
-    display_name: ClassVar[str] = "Echo"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+    display_name: str = "Echo"
+    capabilities: frozenset[Capability] = frozenset(
         {Capability.GENERATE, Capability.STREAMING, Capability.LIST_MODELS}
     )
     down = False

@@ -14,7 +14,6 @@ from papin.llm.datatypes import (
     LoadedModel,
     ModelInfo,
     ProviderStatus,
-    ProviderType,
 )
 from papin.llm.errors import ModelNotFoundError
 from papin.llm.options import GenerationOptions
@@ -34,9 +33,9 @@ class MemoryConfig(ProviderConfig):
 class MemoryProvider(Provider):
     """Generates canned tokens; records what it was asked."""
 
-    provider_type: ClassVar[ProviderType] = ProviderType.OLLAMA  # reuses a known type
-    display_name: ClassVar[str] = "Memory"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    kind: ClassVar[str] = "memory"
+    display_name: str = "Memory"
+    capabilities: frozenset[Capability] = frozenset(Capability)
     config_class: ClassVar[type[ProviderConfig]] = MemoryConfig
     config: MemoryConfig
 
@@ -47,10 +46,6 @@ class MemoryProvider(Provider):
         self.calls: list[tuple[str, Any]] = []
         self.produced = 0
         self.closed = False
-
-    @property
-    def name(self) -> str:
-        return "memory"
 
     async def status(self) -> ProviderStatus:
         if not self.config.available:

@@ -23,10 +23,9 @@ from papin.llm import (
     UnsupportedOperationError,
     create_llm_manager,
     get_provider_factory,
-    reset_provider_factory,
 )
 from papin.llm.discovery import Discovery
-from papin.llm.factory import ProviderFactory
+from papin.llm.factory import ProviderFactory, reset_provider_factory
 from papin.llm.provider import Provider
 from tests.contract.backends import closed_port_url
 from tests.fakes.llama_server import FakeLlamaServer

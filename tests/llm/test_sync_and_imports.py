@@ -80,5 +80,30 @@ def test_bare_import_is_minimal() -> None:
     assert out.strip() == "[]"
 
 
-def test_all_matches_the_lazy_export_table() -> None:
-    assert sorted(papin.llm._EXPORTS) == papin.llm.__all__
+def test_one_export_table_matches_the_modules_and_the_type_checking_imports() -> None:
+    """Each public name is listed once, in ``_EXPORTS``: it is defined (or re-exported) by the
+    module named there and in that module's ``__all__``, and the ``TYPE_CHECKING`` imports
+    that give type checkers the names are exactly the table."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    table = papin.llm._EXPORTS
+    names = [n for ns in table.values() for n in ns]
+    assert len(names) == len(set(names)) and sorted(names) == papin.llm.__all__
+    for module, exported in table.items():
+        mod = importlib.import_module(f"papin.llm.{module}")
+        for name in exported:
+            assert name in getattr(mod, "__all__", ()), f"{name} is not in papin.llm.{module}.__all__"
+    tree = ast.parse(Path(papin.llm.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test))
+    imported = {
+        node.module.removeprefix("papin.llm."): tuple(a.name for a in node.names)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported == table
+
+
+def test_test_hooks_are_not_public_names() -> None:
+    assert not [n for n in papin.llm.__all__ if n.startswith("reset_")]

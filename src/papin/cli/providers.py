@@ -35,8 +35,8 @@ def providers(state: CliState, as_json: bool, refresh: bool) -> None:
     from papin.cli._common import open_manager
 
     with open_manager(state) as llm:
-        found = llm.discover(refresh=refresh)  # first: the choice below reuses this result
-        statuses = llm.get_available_providers()
+        found = llm.discover(refresh=refresh)  # first: the choice and the table reuse this result
+        statuses = llm.provider_statuses(found)
         chosen: str | None = None
         reason: str | None = None
         error: str | None = None

@@ -1,4 +1,4 @@
-"""papin's LLM provider system (the seed's ``crate::offline::llm``).
+"""papin's LLM provider system: one interface to local LLM backends.
 
 Names are exported lazily: ``import papin.llm`` does no I/O and imports no backend or HTTP
 package; each name's module is imported the first time it is used.
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         InvalidModelFileError,
         ModelNotFoundError,
         NativeCrashError,
+        OperationCancelledError,
         ProtocolError,
         ProviderAPIError,
         ProviderError,
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
         RateLimitedError,
         UnsupportedOperationError,
     )
-    from papin.llm.factory import ProviderFactory, get_provider_factory, reset_provider_factory
+    from papin.llm.factory import ProviderFactory, get_provider_factory
     from papin.llm.hardware import HardwareInfo, detect_hardware
     from papin.llm.hardware.fit import FitReport, assess_fit, best_fit
     from papin.llm.hardware.tuning import TunedSettings, tune
@@ -59,126 +60,62 @@ if TYPE_CHECKING:
     from papin.llm.options import GenerationOptions
     from papin.llm.provider import Provider, ProviderConfig
     from papin.llm.sync import SyncLLMManager, create_sync_llm_manager
+    from papin.llm.wrapper import WrapperProvider
 
-_EXPORTS: dict[str, str] = {
-    "Discovery": "discovery",
-    "DiscoveryResult": "discovery",
-    "DiscoveredBackend": "discovery",
-    "get_discovery": "discovery",
-    "ModelChange": "monitor",
-    "ModelMonitor": "monitor",
-    "HardwareInfo": "hardware",
-    "detect_hardware": "hardware",
-    "FitReport": "hardware.fit",
-    "assess_fit": "hardware.fit",
-    "best_fit": "hardware.fit",
-    "TunedSettings": "hardware.tuning",
-    "tune": "hardware.tuning",
-    "MigrationReport": "migration",
-    "detect_legacy": "migration",
-    "plan_migration": "migration",
-    "run_migration": "migration",
-    "LLMConfig": "config",
-    "config_path": "config",
-    "AuthenticationError": "errors",
-    "CancelledError": "errors",
-    "ConfigurationError": "errors",
-    "DownloadError": "errors",
-    "GenerationError": "errors",
-    "InvalidModelFileError": "errors",
-    "ModelNotFoundError": "errors",
-    "NativeCrashError": "errors",
-    "ProtocolError": "errors",
-    "ProviderAPIError": "errors",
-    "ProviderError": "errors",
-    "ProviderTimeoutError": "errors",
-    "ProviderUnavailableError": "errors",
-    "RateLimitedError": "errors",
-    "UnsupportedOperationError": "errors",
-    "ProviderFactory": "factory",
-    "get_provider_factory": "factory",
-    "reset_provider_factory": "factory",
-    "LLMManager": "manager",
-    "ProviderChoice": "manager",
-    "create_llm_manager": "manager",
-    "GenerationOptions": "options",
-    "Provider": "provider",
-    "ProviderConfig": "provider",
-    "SyncLLMManager": "sync",
-    "create_sync_llm_manager": "sync",
-    "Capability": "datatypes",
-    "ChatMessage": "datatypes",
-    "DownloadStatus": "datatypes",
-    "GenerationChunk": "datatypes",
-    "GenerationResult": "datatypes",
-    "GenerationStats": "datatypes",
-    "LoadedModel": "datatypes",
-    "ModelInfo": "datatypes",
-    "ProviderStatus": "datatypes",
-    "ProviderType": "datatypes",
+#: Every public name, once, by the module that defines it: ``__all__`` and the lazy lookup are
+#: derived from it, and a test checks it against the modules and the ``TYPE_CHECKING`` imports
+#: above (which give type checkers the same names).
+_EXPORTS: dict[str, tuple[str, ...]] = {
+    "config": ("LLMConfig", "config_path"),
+    "datatypes": (
+        "Capability",
+        "ChatMessage",
+        "DownloadStatus",
+        "GenerationChunk",
+        "GenerationResult",
+        "GenerationStats",
+        "LoadedModel",
+        "ModelInfo",
+        "ProviderStatus",
+        "ProviderType",
+    ),
+    "discovery": ("DiscoveredBackend", "Discovery", "DiscoveryResult", "get_discovery"),
+    "errors": (
+        "AuthenticationError",
+        "CancelledError",
+        "ConfigurationError",
+        "DownloadError",
+        "GenerationError",
+        "InvalidModelFileError",
+        "ModelNotFoundError",
+        "NativeCrashError",
+        "OperationCancelledError",
+        "ProtocolError",
+        "ProviderAPIError",
+        "ProviderError",
+        "ProviderTimeoutError",
+        "ProviderUnavailableError",
+        "RateLimitedError",
+        "UnsupportedOperationError",
+    ),
+    "factory": ("ProviderFactory", "get_provider_factory"),
+    "hardware": ("HardwareInfo", "detect_hardware"),
+    "hardware.fit": ("FitReport", "assess_fit", "best_fit"),
+    "hardware.tuning": ("TunedSettings", "tune"),
+    "manager": ("LLMManager", "ProviderChoice", "create_llm_manager"),
+    "migration": ("MigrationReport", "detect_legacy", "plan_migration", "run_migration"),
+    "monitor": ("ModelChange", "ModelMonitor"),
+    "options": ("GenerationOptions",),
+    "provider": ("Provider", "ProviderConfig"),
+    "sync": ("SyncLLMManager", "create_sync_llm_manager"),
+    "wrapper": ("WrapperProvider",),
 }
-
-__all__ = [
-    "AuthenticationError",
-    "CancelledError",
-    "Capability",
-    "ChatMessage",
-    "ConfigurationError",
-    "DiscoveredBackend",
-    "Discovery",
-    "DiscoveryResult",
-    "DownloadError",
-    "DownloadStatus",
-    "FitReport",
-    "GenerationChunk",
-    "GenerationError",
-    "GenerationOptions",
-    "GenerationResult",
-    "GenerationStats",
-    "HardwareInfo",
-    "InvalidModelFileError",
-    "LLMConfig",
-    "LLMManager",
-    "LoadedModel",
-    "MigrationReport",
-    "ModelChange",
-    "ModelInfo",
-    "ModelMonitor",
-    "ModelNotFoundError",
-    "NativeCrashError",
-    "ProtocolError",
-    "Provider",
-    "ProviderAPIError",
-    "ProviderChoice",
-    "ProviderConfig",
-    "ProviderError",
-    "ProviderFactory",
-    "ProviderStatus",
-    "ProviderTimeoutError",
-    "ProviderType",
-    "ProviderUnavailableError",
-    "RateLimitedError",
-    "SyncLLMManager",
-    "TunedSettings",
-    "UnsupportedOperationError",
-    "assess_fit",
-    "best_fit",
-    "config_path",
-    "create_llm_manager",
-    "create_sync_llm_manager",
-    "detect_hardware",
-    "detect_legacy",
-    "get_discovery",
-    "get_provider_factory",
-    "plan_migration",
-    "reset_provider_factory",
-    "run_migration",
-    "tune",
-]
+_WHERE: dict[str, str] = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
+    module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'papin.llm' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"papin.llm.{module}"), name)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from papin.llm.hardware import HardwareInfo
     from papin.llm.provider import Provider
 
-__all__ = ["ProviderChoice", "choose_provider", "embedded_can_use_gpu"]
+__all__ = ["ProviderChoice", "choose_provider", "embedded_can_use_gpu", "provider_statuses"]
 
 
 def _where(status: ProviderStatus) -> str:
@@ -174,3 +174,63 @@ async def choose_provider(
         f"{'s' if found != 1 else ''}.)"
     )
     raise _unavailable(tried, configured, note)
+
+
+async def provider_statuses(
+    config: LLMConfig, factory: ProviderFactory, found: DiscoveryResult
+) -> dict[str, ProviderStatus]:
+    """The status of every registered provider, from what discovery already found (one probing
+    pass: ``papin providers`` and ``papin doctor``).
+
+    A provider whose kind discovery found running is available there; one whose address
+    discovery probed without finding it is unavailable, with what discovery saw; only the
+    others (the embedded provider, an address discovery did not probe) are asked for their own
+    ``status()``, all at once.
+    """
+    import asyncio
+
+    from papin.llm.discovery.candidates import normal_url
+
+    def same(url: str) -> str:
+        try:
+            return normal_url(url).replace("://localhost", "://127.0.0.1").removesuffix("/v1")
+        except ConfigurationError:
+            return url
+
+    probed = {same(u) for u in found.probed}
+    statuses: dict[str, ProviderStatus] = {}
+    pending: dict[str, Provider] = {}
+    for name in factory.registered_providers():
+        running = found.running(name)
+        if running:
+            b = running[0]
+            details = {"found by": b.source, "health": b.health, "models": str(len(b.models))}
+            statuses[name] = ProviderStatus(name, True, b.address, b.version, details=details)
+            continue
+        try:
+            provider = factory.create_provider(name, config.settings_for(name))
+        except ConfigurationError as exc:
+            statuses[name] = ProviderStatus(name, False, error=str(exc))
+            continue
+        endpoint = str(getattr(provider, "endpoint", "") or "")
+        if endpoint and same(endpoint) in probed:
+            seen = next((b for b in found.backends if same(b.address) == same(endpoint)), None)
+            why = seen.reason if seen is not None and seen.reason else (
+                f"discovery found no {provider.display_name} answering at {endpoint}"
+            )
+            statuses[name] = ProviderStatus(name, False, endpoint, error=why)
+            await provider.aclose()
+            continue
+        pending[name] = provider
+
+    async def ask(provider: Provider) -> ProviderStatus:
+        try:
+            return await provider.status()
+        except Exception as exc:  # a broken third-party provider must not break the report
+            return ProviderStatus(provider.name, False, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            await provider.aclose()
+
+    answers = await asyncio.gather(*(ask(p) for p in pending.values()))
+    statuses.update(zip(pending, answers, strict=True))
+    return {name: statuses[name] for name in factory.registered_providers() if name in statuses}

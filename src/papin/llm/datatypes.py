@@ -27,7 +27,7 @@ __all__ = [
 
 
 class ProviderType(enum.StrEnum):
-    """The kinds of backend papin knows (the seed's ``ProviderType``).
+    """The kinds of backend papin has built in (a third-party provider names itself with a string).
 
     Values are the registry names used by the factory, the config file and the CLI.
     """
@@ -91,7 +91,7 @@ class ModelInfo:
 
     @property
     def size_mb(self) -> int | None:
-        """Size in MiB (the seed's ``size_mb``), when known."""
+        """Size in MiB, when known."""
         return None if self.size_bytes is None else self.size_bytes // (1024 * 1024)
 
     def to_dict(self) -> dict[str, Any]:

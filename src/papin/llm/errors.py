@@ -17,7 +17,7 @@ class to react (retry a :class:`RateLimitedError`, pull on :class:`ModelNotFound
     │       └── NativeCrashError     llama.cpp died by a signal (in a probe child or the isolated worker)
     ├── ProtocolError                malformed, truncated or unexpected response
     ├── DownloadError                a model download failed
-    ├── CancelledError               the caller stopped the operation
+    ├── OperationCancelledError      the caller stopped the operation (alias: CancelledError)
     └── UnsupportedOperationError    the provider lacks this capability
 
 Transport exceptions are translated into this tree in exactly one place,
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthenticationError",
     "CancelledError",
+    "OperationCancelledError",
     "ConfigurationError",
     "DownloadError",
     "GenerationError",
@@ -65,7 +66,7 @@ class ProviderError(Exception):
 
     #: Whether repeating the same call later may succeed (used by recovery logic).
     retryable: bool = False
-    #: Short name of the error kind, as the seed's ``ProviderError`` variants.
+    #: Short name of the error kind (``"timeout"``, ``"rate_limited"``...), for JSON output.
     kind: str = "provider"
 
     def __init__(
@@ -218,10 +219,14 @@ class DownloadError(ProviderError):
     kind = "download"
 
 
-class CancelledError(ProviderError):
+class OperationCancelledError(ProviderError):
     """The operation was stopped by the caller (callback returned False, task cancelled)."""
 
     kind = "cancelled"
+
+
+#: The earlier name of :class:`OperationCancelledError` (it read like ``asyncio.CancelledError``).
+CancelledError = OperationCancelledError
 
 
 class UnsupportedOperationError(ProviderError, NotImplementedError):

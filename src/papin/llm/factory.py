@@ -126,7 +126,10 @@ class ProviderFactory:
         """Create a new provider instance from its settings (defaults when ``None``)."""
         key = name.value if isinstance(name, ProviderType) else name
         cls = self.provider_class(key)
-        return cls(self.make_config(key, config))
+        provider = cls(self.make_config(key, config))
+        if provider.name != key:  # a class registered under another name (or without a kind)
+            provider.name = key
+        return provider
 
     async def check_providers(
         self, settings: dict[str, dict[str, Any]] | None = None

@@ -1,4 +1,4 @@
-"""``LLMManager``: the high-level interface applications use (the seed's LLM Manager).
+"""``LLMManager``: the high-level interface applications use.
 
 Example::
 
@@ -293,6 +293,15 @@ class LLMManager:
         settings = {n: self.config.settings_for(n) for n in self.factory.registered_providers()}
         return await self.factory.check_providers(settings)
 
+    async def provider_statuses(self, found: DiscoveryResult | None = None) -> dict[str, ProviderStatus]:
+        """Status of every registered provider from a discovery result (by default the latest,
+        or a new discovery): one probing pass instead of a status check per provider."""
+        from papin.llm.choice import provider_statuses
+
+        if found is None:
+            found = self._discovered or await self.discover()
+        return await provider_statuses(self.config, self.factory, found)
+
     # -- models ---------------------------------------------------------------------------
     async def resolve_model(self, model: str | None) -> str:
         """Which model to use: ``model``; else the selected/default model; else a loaded one;
@@ -462,7 +471,7 @@ class LLMManager:
         *,
         on_download: ProgressCallback | None = None,
     ) -> str:
-        """The seed's ``generate_text``: the completion of ``prompt`` as a string."""
+        """The completion of ``prompt`` as a string."""
         return (await self.generate(model, prompt, options, on_download=on_download)).text
 
     async def generate_text_streaming(
@@ -474,7 +483,7 @@ class LLMManager:
         *,
         on_download: ProgressCallback | None = None,
     ) -> GenerationResult:
-        """The seed's streaming call: ``callback(chunk)`` gets each piece of text.
+        """Streaming with a callback: ``callback(chunk)`` gets each piece of text.
 
         ``callback`` returning ``False`` stops generation: the backend stream is closed and
         the result has ``finish_reason == "cancelled"``. It may be a coroutine function.

@@ -1,4 +1,4 @@
-"""The provider interface every backend implements (the seed's ``Provider`` trait).
+"""The provider interface every backend implements.
 
 A provider implements a handful of primitives; everything else is derived here:
 
@@ -113,24 +113,39 @@ class Provider(ABC):
     closes its connections on exit.
     """
 
-    provider_type: ClassVar[ProviderType]
-    display_name: ClassVar[str]
-    description: ClassVar[str] = ""
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+    #: The provider's identity: its registry name (``"ollama"``). A built-in takes the value of
+    #: its :attr:`provider_type`; a third-party provider sets its own string (no enum member).
+    kind: ClassVar[str] = ""
+    #: The built-in kind, for the built-ins only (``None`` for any other provider).
+    provider_type: ClassVar[ProviderType | None] = None
+    display_name: str = ""
+    description: str = ""
+    capabilities: frozenset[Capability] = frozenset(
         {Capability.GENERATE, Capability.STREAMING, Capability.LIST_MODELS}
     )
     config_class: ClassVar[type[ProviderConfig]] = ProviderConfig
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__ and "provider_type" in cls.__dict__ and cls.provider_type is not None:
+            cls.kind = cls.provider_type.value
 
     def __init__(self, config: ProviderConfig | None = None) -> None:
         self.config = config if config is not None else self.config_class()
         self._download_tasks: dict[str, asyncio.Task[DownloadStatus]] = {}
         self._download_status: dict[str, DownloadStatus] = {}
+        self._name: str | None = None
 
     # -- identity -------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        """Registry name of the provider (``"ollama"``)."""
-        return self.provider_type.value
+        """This provider's name: its :attr:`kind` (``"ollama"``), unless given another one
+        (replicas and metrics labels use ``kind@endpoint``-style names)."""
+        return self._name or self.kind
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
 
     def supports(self, capability: Capability) -> bool:
         """Whether this provider offers ``capability``."""
@@ -339,7 +354,7 @@ class Provider(ABC):
     async def generate_text(
         self, model: str, prompt: str, options: GenerationOptions | None = None
     ) -> str:
-        """The seed's ``generate_text``: the completion as a string."""
+        """The completion as a string."""
         return (await self.generate(model, prompt, options)).text
 
     async def generate_text_streaming(
@@ -349,7 +364,7 @@ class Provider(ABC):
         options: GenerationOptions | None,
         callback: ChunkCallback,
     ) -> GenerationResult:
-        """The seed's streaming call: ``callback(chunk)`` per piece; returning False stops."""
+        """Stream to ``callback(chunk)``, one call per piece; returning False stops generation."""
         return await self.collect(
             model, self.stream_generate(model, prompt, options), callback=callback
         )

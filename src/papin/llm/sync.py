@@ -21,7 +21,7 @@ import asyncio
 import contextvars
 import signal
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from papin.llm.config import LLMConfig
@@ -39,7 +39,9 @@ from papin.llm.options import GenerationOptions
 from papin.llm.provider import ChunkCallback, Messages, ProgressCallback, Provider
 
 if TYPE_CHECKING:
-    from papin.llm.discovery import DiscoveryResult
+    from papin.llm.discovery import Discovery, DiscoveryResult
+    from papin.llm.factory import ProviderFactory
+    from papin.llm.monitor import ChangeCallback, ModelMonitor, Snapshot
 
 __all__ = ["SyncLLMManager", "create_sync_llm_manager", "discover_sync"]
 
@@ -52,7 +54,13 @@ except ImportError:  # pragma: no cover - an interpreter without it
 
 
 class SyncLLMManager:
-    """Blocking version of :class:`LLMManager`; every method has the same meaning."""
+    """Blocking version of :class:`LLMManager`; every method has the same meaning.
+
+    Async-only (a test keeps this list honest): ``model_changes`` (an async iterator that waits
+    between changes: use :meth:`subscribe_model_changes`), ``start_download`` (a background
+    download needs a loop that keeps running between calls: use :meth:`download_model` with
+    ``on_progress``), and ``aclose`` (:meth:`close` here).
+    """
 
     def __init__(self, manager: LLMManager | None = None) -> None:
         self.manager = manager if manager is not None else LLMManager()
@@ -117,6 +125,54 @@ class SyncLLMManager:
                     if previous is not on_sigint:  # someone replaced ours meanwhile: keep theirs
                         _sig.signal(signal.SIGINT, previous)
 
+    @classmethod
+    def with_config(cls, config: LLMConfig) -> SyncLLMManager:
+        """A facade over a manager using exactly ``config`` (see :meth:`LLMManager.with_config`)."""
+        return cls(LLMManager.with_config(config))
+
+    @property
+    def config(self) -> LLMConfig:
+        """The configuration in use."""
+        return self.manager.config
+
+    @property
+    def factory(self) -> ProviderFactory:
+        """The provider factory in use."""
+        return self.manager.factory
+
+    @property
+    def discovery(self) -> Discovery:
+        """The discovery in use."""
+        return self.manager.discovery
+
+    @property
+    def discovery_result(self) -> DiscoveryResult | None:
+        """The latest discovery result."""
+        return self.manager.discovery_result
+
+    @property
+    def model_monitor(self) -> ModelMonitor | None:
+        """The model monitor, when started (it advances only while a call of this facade runs)."""
+        return self.manager.model_monitor
+
+    @property
+    def model_view(self) -> Snapshot | None:
+        """The models each source has, as the model monitor last saw them."""
+        return self.manager.model_view
+
+    def start_model_monitor(self, **settings: Any) -> ModelMonitor:
+        """Start watching for models added and removed (on this facade's loop: it advances while
+        a call runs, see the module docstring)."""
+        return self._run(_call(lambda: self.manager.start_model_monitor(**settings)))
+
+    def stop_model_monitor(self) -> None:
+        """Stop the model monitor."""
+        self._run(self.manager.stop_model_monitor())
+
+    def subscribe_model_changes(self, callback: ChangeCallback) -> Callable[[], None]:
+        """Call ``callback(change)`` for each model added or removed; returns the unsubscriber."""
+        return self._run(_call(lambda: self.manager.subscribe_model_changes(callback)))
+
     # -- provider -------------------------------------------------------------------------
     def initialize(self) -> SyncLLMManager:
         """Choose the provider (see :meth:`LLMManager.initialize`)."""
@@ -133,9 +189,26 @@ class SyncLLMManager:
         """The active provider."""
         return self.manager.current_provider
 
+    @property
+    def current_model(self) -> str | None:
+        """The model selected with :meth:`select_model` or configured as default."""
+        return self.manager.current_model
+
+    def set_provider(self, name: str, settings: dict[str, Any] | None = None) -> None:
+        """Switch to provider ``name`` (it must be available)."""
+        self._run(self.manager.set_provider(name, settings))
+
+    def select_model(self, model: str) -> None:
+        """Use ``model`` when a call names none."""
+        self.manager.select_model(model)
+
     def get_available_providers(self) -> dict[str, ProviderStatus]:
         """Status of every registered provider."""
         return self._run(self.manager.get_available_providers())
+
+    def provider_statuses(self, found: DiscoveryResult | None = None) -> dict[str, ProviderStatus]:
+        """Status of every registered provider from a discovery result (one probing pass)."""
+        return self._run(self.manager.provider_statuses(found))
 
     def get_system_info(self) -> dict[str, str]:
         """Facts about the active backend."""
@@ -168,6 +241,14 @@ class SyncLLMManager:
         """Download a model, reporting progress; Ctrl-C cancels it."""
         return self._run(self.manager.download_model(model, on_progress))
 
+    def cancel_download(self, model: str) -> None:
+        """Cancel a background download started with the async manager."""
+        self._run(self.manager.cancel_download(model))
+
+    def get_download_status(self, model: str) -> DownloadStatus | None:
+        """Last known progress of a download."""
+        return self._run(self.manager.get_download_status(model))
+
     def delete_model(self, model: str) -> None:
         """Delete an installed model."""
         self._run(self.manager.delete_model(model))
@@ -190,16 +271,26 @@ class SyncLLMManager:
 
     # -- generation -----------------------------------------------------------------------
     def generate(
-        self, model: str | None, prompt: str, options: GenerationOptions | None = None, **kw: Any
+        self,
+        model: str | None,
+        prompt: str,
+        options: GenerationOptions | None = None,
+        *,
+        on_download: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Complete ``prompt``; returns text and statistics."""
-        return self._run(self.manager.generate(model, prompt, options, **kw))
+        return self._run(self.manager.generate(model, prompt, options, on_download=on_download))
 
     def generate_text(
-        self, model: str | None, prompt: str, options: GenerationOptions | None = None, **kw: Any
+        self,
+        model: str | None,
+        prompt: str,
+        options: GenerationOptions | None = None,
+        *,
+        on_download: ProgressCallback | None = None,
     ) -> str:
         """The completion of ``prompt`` as a string."""
-        return self._run(self.manager.generate_text(model, prompt, options, **kw))
+        return self._run(self.manager.generate_text(model, prompt, options, on_download=on_download))
 
     def generate_text_streaming(
         self,
@@ -207,36 +298,49 @@ class SyncLLMManager:
         prompt: str,
         options: GenerationOptions | None,
         callback: ChunkCallback,
-        **kw: Any,
+        *,
+        on_download: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Stream to ``callback``; returning False from it stops generation."""
-        return self._run(self.manager.generate_text_streaming(model, prompt, options, callback, **kw))
+        return self._run(
+            self.manager.generate_text_streaming(model, prompt, options, callback, on_download=on_download)
+        )
 
     def chat(
         self,
         model: str | None,
         messages: Messages,
         options: GenerationOptions | None = None,
-        **kw: Any,
+        *,
+        callback: ChunkCallback | None = None,
+        on_download: ProgressCallback | None = None,
     ) -> GenerationResult:
-        """Answer a conversation."""
-        return self._run(self.manager.chat(model, messages, options, **kw))
+        """Answer a conversation; ``callback`` (optional) streams the reply as it comes."""
+        return self._run(
+            self.manager.chat(model, messages, options, callback=callback, on_download=on_download)
+        )
 
     def stream(
-        self, model: str | None, prompt: str, options: GenerationOptions | None = None, **kw: Any
+        self,
+        model: str | None,
+        prompt: str,
+        options: GenerationOptions | None = None,
+        *,
+        on_download: ProgressCallback | None = None,
     ) -> Iterator[GenerationChunk]:
         """Iterate over the chunks of a completion; leaving the loop stops generation."""
-        return self._iterate(self.manager.stream(model, prompt, options, **kw))
+        return self._iterate(self.manager.stream(model, prompt, options, on_download=on_download))
 
     def stream_chat(
         self,
         model: str | None,
         messages: Messages,
         options: GenerationOptions | None = None,
-        **kw: Any,
+        *,
+        on_download: ProgressCallback | None = None,
     ) -> Iterator[GenerationChunk]:
         """Iterate over the chunks of a chat reply."""
-        return self._iterate(self.manager.stream_chat(model, messages, options, **kw))
+        return self._iterate(self.manager.stream_chat(model, messages, options, on_download=on_download))
 
     def _iterate(self, agen: AsyncIterator[GenerationChunk]) -> Iterator[GenerationChunk]:
         try:
@@ -270,6 +374,11 @@ class SyncLLMManager:
 
 async def _next(agen: AsyncIterator[GenerationChunk]) -> GenerationChunk:
     return await anext(agen)
+
+
+async def _call(fn: Callable[[], T]) -> T:
+    """``fn()`` on the facade's loop (for manager methods that need a running loop)."""
+    return fn()
 
 
 def create_sync_llm_manager(

@@ -197,7 +197,7 @@ class DiscoveryConfig(BaseModel):
 
 
 class LLMConfig(BaseModel):
-    """Configuration of the LLM manager (the seed's ``LLMConfig``).
+    """Configuration of the LLM manager.
 
     Example::
 

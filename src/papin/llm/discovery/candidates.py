@@ -28,6 +28,7 @@ __all__ = [
     "dedupe",
     "default_candidates",
     "env_candidates",
+    "normal_url",
     "parse_candidate",
     "well_known_candidates",
 ]
@@ -69,13 +70,13 @@ class Candidate:
     explicit: bool = False
 
 
-def _normal_url(url: str, default_port: int | None = None) -> str:
+def normal_url(url: str, default_port: int | None = None) -> str:
     """``url`` with a scheme (``http`` when it has none, and then ``default_port`` when it
     names no port), loopback for bind-all or missing hosts, and no trailing slash.
 
-    >>> _normal_url("0.0.0.0:8080"), _normal_url("http://localhost:1234/"), _normal_url(":9", 80)
+    >>> normal_url("0.0.0.0:8080"), normal_url("http://localhost:1234/"), normal_url(":9", 80)
     ('http://127.0.0.1:8080', 'http://localhost:1234', 'http://127.0.0.1:9')
-    >>> _normal_url("[::1]", 8080)
+    >>> normal_url("[::1]", 8080)
     'http://[::1]:8080'
     """
     url = url.strip()
@@ -129,7 +130,7 @@ def parse_candidate(
         )
     if not url.strip():
         raise ConfigurationError(f"Empty URL in discovery endpoint {entry!r}.")
-    return Candidate(_normal_url(url), hint, source, explicit=explicit)
+    return Candidate(normal_url(url), hint, source, explicit=explicit)
 
 
 def well_known_candidates() -> list[Candidate]:
@@ -169,18 +170,18 @@ def env_candidates(env: Mapping[str, str]) -> list[Candidate]:
     host, port = env.get("LLAMA_ARG_HOST", "").strip(), env.get("LLAMA_ARG_PORT", "").strip()
     if host or port:
         with contextlib.suppress(ConfigurationError):
-            url = _normal_url(host, int(port) if port.isdigit() else 8080)
+            url = normal_url(host, int(port) if port.isdigit() else 8080)
             found.append(Candidate(url, "llamacpp_server", "LLAMA_ARG_HOST/LLAMA_ARG_PORT", True))
     for var in ("LOCALAI_ADDRESS", "ADDRESS"):
         value = env.get(var, "").strip()
         if value and (":" in value) and " " not in value:
             with contextlib.suppress(ConfigurationError):
-                found.append(Candidate(_normal_url(value, 8080), "localai", var, True))
+                found.append(Candidate(normal_url(value, 8080), "localai", var, True))
                 break
     base = env.get("OPENAI_BASE_URL", "").strip()
     if base.lower().startswith(("http://", "https://")):
         with contextlib.suppress(ConfigurationError):
-            url = _normal_url(base)
+            url = normal_url(base)
             if _is_local_host(urlsplit(url).hostname or ""):
                 root = url[: -len("/v1")] if url.endswith("/v1") else url
                 found.append(Candidate(root, "openai_compatible", "OPENAI_BASE_URL", True))

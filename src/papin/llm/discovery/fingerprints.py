@@ -3,7 +3,7 @@
 :func:`next_paths` says which ``GET`` requests a probe still needs given the answers so far,
 and :func:`identify` names the backend from those answers, never by its port alone (LocalAI
 and llama-server both default to 8080, vLLM and ``python -m llama_cpp.server`` to 8000). The
-fingerprints follow the wire reference (``backend-apis.md`` §6 and §8.1 item 10):
+fingerprints follow each server's documented routes and answers:
 
 * Ollama: ``GET /`` answers ``Ollama is running`` (LocalAI can imitate that root, so its
   ``/readyz`` is checked too); version from ``/api/version``, models from ``/api/tags``,

@@ -41,7 +41,7 @@ class OpenAIBase(HttpProvider):
     Subclasses name the backend and add its health checks and model management.
     """
 
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+    capabilities: frozenset[Capability] = frozenset(
         {
             Capability.GENERATE,
             Capability.CHAT,

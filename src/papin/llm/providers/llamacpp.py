@@ -161,9 +161,9 @@ class LlamaCppProvider(Provider):
     """Runs GGUF models in-process with llama-cpp-python."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.LLAMACPP
-    display_name: ClassVar[str] = "llama.cpp (embedded)"
-    description: ClassVar[str] = "Runs GGUF models inside this process (llama-cpp-python)."
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    display_name: str = "llama.cpp (embedded)"
+    description: str = "Runs GGUF models inside this process (llama-cpp-python)."
+    capabilities: frozenset[Capability] = frozenset(Capability)
     config_class: ClassVar[type[ProviderConfig]] = LlamaCppConfig
     config: LlamaCppConfig
 

@@ -1,6 +1,6 @@
 """llama.cpp's own HTTP server (``llama-server``): one already running, or one papin runs.
 
-Two modes (``backend-apis.md`` §3):
+Two modes (llama.cpp's server docs: https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md):
 
 * **external** (default): talk to a server at ``endpoint`` (``http://127.0.0.1:8080``). A
   server started with ``-m`` serves one model and ignores the request's ``model`` field, so
@@ -96,9 +96,9 @@ class LlamaCppServerProvider(OpenAIBase):
     """llama.cpp's ``llama-server``: a running one (single model or router), or managed by papin."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.LLAMACPP_SERVER
-    display_name: ClassVar[str] = "llama.cpp server"
-    description: ClassVar[str] = "llama.cpp's HTTP server (llama-server), running or started by papin."
-    capabilities: ClassVar[frozenset[Capability]] = OpenAIBase.capabilities | {
+    display_name: str = "llama.cpp server"
+    description: str = "llama.cpp's HTTP server (llama-server), running or started by papin."
+    capabilities: frozenset[Capability] = OpenAIBase.capabilities | {
         Capability.LOAD,
         Capability.UNLOAD,
         Capability.LIST_LOADED,

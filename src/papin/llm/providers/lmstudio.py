@@ -105,11 +105,11 @@ class LMStudioProvider(OpenAIBase):
     """Talks to LM Studio's local server (OpenAI endpoints plus its REST API)."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.LMSTUDIO
-    display_name: ClassVar[str] = "LM Studio"
-    description: ClassVar[str] = (
+    display_name: str = "LM Studio"
+    description: str = (
         "LM Studio's local server (https://lmstudio.ai): OpenAI-compatible API plus its REST API."
     )
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability) - {Capability.DELETE}
+    capabilities: frozenset[Capability] = frozenset(Capability) - {Capability.DELETE}
     config_class: ClassVar[type[ProviderConfig]] = LMStudioConfig
     config: LMStudioConfig
     default_endpoint: ClassVar[str] = DEFAULT_ENDPOINT

@@ -1,6 +1,7 @@
 """LocalAI provider: OpenAI's ``/v1`` API plus LocalAI's health, gallery and backend routes.
 
-Wire reference: ``backend-apis.md`` §2 (and §6, §7.4, §8 gotchas 10–13).
+Wire reference: LocalAI's API docs (https://localai.io/features/) and its OpenAI-compatible
+routes; the readiness, auth and gallery-job details below were checked against its source.
 
 * Readiness is ``GET /readyz`` (since v4.8 it answers ``503 {"status":"starting",...}`` while
   startup preloading runs: reported as ``details["state"] == "loading"``); the version comes
@@ -173,9 +174,9 @@ class LocalAIProvider(OpenAIBase):
     """Talks to a LocalAI server (https://localai.io)."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.LOCALAI
-    display_name: ClassVar[str] = "LocalAI"
-    description: ClassVar[str] = "LocalAI, a drop-in OpenAI-compatible server with a model gallery."
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+    display_name: str = "LocalAI"
+    description: str = "LocalAI, a drop-in OpenAI-compatible server with a model gallery."
+    capabilities: frozenset[Capability] = frozenset(
         {
             Capability.GENERATE,
             Capability.CHAT,

@@ -76,9 +76,9 @@ class OllamaProvider(HttpProvider):
     """Talks to an Ollama server through its native REST API."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.OLLAMA
-    display_name: ClassVar[str] = "Ollama"
-    description: ClassVar[str] = "Ollama runs open-weight models locally (https://ollama.com)."
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    display_name: str = "Ollama"
+    description: str = "Ollama runs open-weight models locally (https://ollama.com)."
+    capabilities: frozenset[Capability] = frozenset(Capability)
     config_class: ClassVar[type[ProviderConfig]] = OllamaConfig
     config: OllamaConfig
 

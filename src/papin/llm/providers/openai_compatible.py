@@ -1,4 +1,4 @@
-"""Any server that speaks OpenAI's ``/v1`` API: the seed's "Custom" provider.
+"""Any server that speaks OpenAI's ``/v1`` API: the custom provider (endpoint of your choice).
 
 Example::
 
@@ -23,5 +23,5 @@ class OpenAICompatibleProvider(OpenAIBase):
     """Completion, chat and model listing on any OpenAI-compatible server (custom endpoint)."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.OPENAI_COMPATIBLE
-    display_name: ClassVar[str] = "OpenAI-compatible server"
-    description: ClassVar[str] = "Any server that speaks OpenAI's /v1 API (custom endpoint)."
+    display_name: str = "OpenAI-compatible server"
+    description: str = "Any server that speaks OpenAI's /v1 API (custom endpoint)."

@@ -1,4 +1,5 @@
-"""vLLM provider: vLLM's OpenAI-compatible server (``vllm serve``), ``backend-apis.md`` §4.
+"""vLLM provider: vLLM's OpenAI-compatible server (``vllm serve``,
+https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html).
 
 What it adds to the shared OpenAI base (:class:`~papin.llm.providers._openai.OpenAIBase`):
 
@@ -112,11 +113,11 @@ class VLLMProvider(OpenAIBase):
     """Talks to a vLLM server (``vllm serve MODEL``) through its OpenAI-compatible API."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.VLLM
-    display_name: ClassVar[str] = "vLLM"
-    description: ClassVar[str] = (
+    display_name: str = "vLLM"
+    description: str = (
         "vLLM serves models on GPUs behind an OpenAI-compatible API (https://docs.vllm.ai)."
     )
-    capabilities: ClassVar[frozenset[Capability]] = OpenAIBase.capabilities | {
+    capabilities: frozenset[Capability] = OpenAIBase.capabilities | {
         Capability.LIST_LOADED
     }
     config_class: ClassVar[type[ProviderConfig]] = VLLMConfig

@@ -1,4 +1,5 @@
-"""llama.cpp ``llama-server``'s native protocol, sans I/O (``backend-apis.md`` §3).
+"""llama.cpp ``llama-server``'s native protocol, sans I/O
+(https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md).
 
 Request bodies of ``POST /completion``, and parsing of its answers and stream events,
 ``GET /props``, ``GET /v1/models`` (single model) and ``GET /models`` (router mode). The

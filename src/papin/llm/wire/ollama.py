@@ -1,7 +1,8 @@
 """Ollama's native REST protocol, sans I/O: request bodies, response parsing, pull progress.
 
-Reference: Ollama ``docs/api.md``. Every function here is pure and tested alone; the
-provider (:mod:`papin.llm.providers.ollama`) only moves bytes.
+Reference: Ollama's API docs (https://github.com/ollama/ollama/blob/main/docs/api.md). Every
+function here is pure and tested alone; the provider (:mod:`papin.llm.providers.ollama`) only
+moves bytes.
 """
 
 from __future__ import annotations
