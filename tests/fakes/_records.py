@@ -28,7 +28,7 @@ PRE_FAULTS = frozenset(
 #: Faults applied while the answer's body is written (streamed or not).
 BODY_FAULTS = frozenset(
     {"stall_mid_stream", "disconnect_mid_stream", "malformed_frame", "truncated_frame",
-     "split_utf8", "error_in_stream", "no_done", "slow_drip"}
+     "split_utf8", "error_in_stream", "no_done", "slow_drip", "keepalive_forever"}
 )
 FAULT_KINDS = PRE_FAULTS | BODY_FAULTS
 

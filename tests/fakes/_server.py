@@ -105,7 +105,10 @@ class FakeServer:
         return None
 
     def fault_body(self, kind: str, fault: Fault) -> bytes:
-        """Bytes of a fault's frame: ``error`` (an in-stream error) or ``malformed``."""
+        """Bytes of a fault's frame: ``error`` (an in-stream error), ``keepalive`` (a blank
+        NDJSON line) or ``malformed``."""
+        if kind == "keepalive":
+            return b"\n"
         if kind == "error":
             message = fault.get("message", "an error was encountered while running the model")
             return json.dumps({"error": message}).encode() + b"\n"
@@ -239,7 +242,9 @@ class FakeServer:
         (``after``, ``rst``), ``malformed_frame`` (``after``, ``line``), ``truncated_frame``
         (``after``, ``abort``), ``split_utf8`` (``text``), ``error_in_stream`` (``after``,
         ``message``), ``no_done`` (``frames``: how many trailing frames to drop, default
-        the end marker), ``slow_drip`` (``seconds``). Subclasses may read more parameters.
+        the end marker), ``slow_drip`` (``seconds``), ``keepalive_forever`` (``after``; then
+        only keep-alive frames every ``every`` seconds, for at most ``seconds``). Subclasses may
+        read more parameters.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault {kind!r}; known: {', '.join(sorted(FAULT_KINDS))}")
@@ -557,6 +562,14 @@ class FakeServer:
             return True
         if kind == "disconnect_mid_stream":
             self._abort(request, record, rst=bool(fault.get("rst", False)))
+            return True
+        if kind == "keepalive_forever":
+            every, limit = float(fault.get("every", 0.05)), float(fault.get("seconds", _HOLD_LIMIT))
+            deadline = time.monotonic() + limit
+            while time.monotonic() < deadline and not self._is_stopping():
+                await response.write(self.fault_body("keepalive", fault))
+                await self.sleep(every)
+            record.ended_at = time.monotonic()
             return True
         if kind == "truncated_frame":
             await response.write(frame[: max(1, len(frame) // 2)])

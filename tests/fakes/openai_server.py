@@ -212,6 +212,8 @@ class FakeOpenAIServer(FakeServer):
         return (end.join(lines) + end + end).encode()
 
     def fault_body(self, kind: str, fault: Fault) -> bytes:
+        if kind == "keepalive":
+            return self.sse_frame("keep-alive", comment=True)
         if kind == "error":
             error = fault.get("error")
             if error is None:

@@ -176,6 +176,16 @@ async def choose_provider(
     raise _unavailable(tried, configured, note)
 
 
+def _not_running(provider: Provider, endpoint: str, reason: str) -> str:
+    """What the provider's own status check would say about an address discovery found down
+    (the error boundary's wording, with the provider's hint)."""
+    info = getattr(provider, "service_info", None)
+    hint = getattr(info(), "start_hint", "") if callable(info) else ""
+    if "refused" in reason:
+        return f"{provider.display_name} is not running at {endpoint} ({reason}). {hint}".strip()
+    return f"{provider.display_name} at {endpoint}: {reason}"
+
+
 async def provider_statuses(
     config: LLMConfig, factory: ProviderFactory, found: DiscoveryResult
 ) -> dict[str, ProviderStatus]:
@@ -215,9 +225,9 @@ async def provider_statuses(
         endpoint = str(getattr(provider, "endpoint", "") or "")
         if endpoint and same(endpoint) in probed:
             seen = next((b for b in found.backends if same(b.address) == same(endpoint)), None)
-            why = seen.reason if seen is not None and seen.reason else (
-                f"discovery found no {provider.display_name} answering at {endpoint}"
-            )
+            why = f"discovery found no {provider.display_name} answering at {endpoint}"
+            if seen is not None and seen.reason:
+                why = _not_running(provider, endpoint, seen.reason)
             statuses[name] = ProviderStatus(name, False, endpoint, error=why)
             await provider.aclose()
             continue

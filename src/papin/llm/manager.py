@@ -14,7 +14,7 @@ use, pulls a missing model when ``auto_pull`` is on, and exposes model managemen
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 from papin.llm.choice import ProviderChoice, choose_provider
@@ -250,7 +250,7 @@ class LLMManager:
         removed; returns a function that unsubscribes. Needs the monitor (started here)."""
         return self._require_monitor().subscribe(callback)
 
-    def model_changes(self) -> AsyncIterator[ModelChange]:
+    def model_changes(self) -> AsyncGenerator[ModelChange, None]:
         """Model changes as an async iterator (``async for``); ends when monitoring stops."""
         return self._require_monitor().events()
 
@@ -389,9 +389,9 @@ class LLMManager:
     async def _auto_pulling(
         self,
         model_or_none: str | None,
-        open_stream: Callable[[Provider, str], AsyncIterator[GenerationChunk]],
+        open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]],
         on_download: ProgressCallback | None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         # The generator behind stream() and stream_chat(), which return it as it is: one
         # generator layer less for every chunk than wrapping it in another.
         model = await self.resolve_model(model_or_none)
@@ -403,7 +403,7 @@ class LLMManager:
             except StopAsyncIteration:
                 return
             except ModelNotFoundError as exc:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
                 if not self.config.auto_pull or not provider.can_pull(model):
                     if not self.config.auto_pull and provider.can_pull(model):
                         exc.message += (
@@ -421,7 +421,7 @@ class LLMManager:
             async for chunk in stream:
                 yield chunk
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     def stream(
         self,
@@ -430,7 +430,7 @@ class LLMManager:
         options: GenerationOptions | None = None,
         *,
         on_download: ProgressCallback | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion as :class:`GenerationChunk` objects (``async for``).
 
         Breaking out of the loop or cancelling the task closes the backend stream.
@@ -445,7 +445,7 @@ class LLMManager:
         options: GenerationOptions | None = None,
         *,
         on_download: ProgressCallback | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a chat reply as :class:`GenerationChunk` objects."""
         options = self.config.options_with_defaults(options)
         return self._auto_pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)

@@ -27,7 +27,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -206,7 +206,7 @@ class ModelMonitor:
 
         return unsubscribe
 
-    async def events(self) -> AsyncIterator[ModelChange]:
+    async def events(self) -> AsyncGenerator[ModelChange, None]:
         """Changes as they happen (``async for``); ends when the monitor stops."""
         if self._closed:
             return

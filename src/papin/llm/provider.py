@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -219,7 +219,7 @@ class Provider(ABC):
         raise self._unsupported("deleting models")
 
     # -- downloads ------------------------------------------------------------------------
-    def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:
+    def pull_model(self, model: str) -> AsyncGenerator[DownloadStatus, None]:
         """Download ``model``, yielding progress; the last status has ``complete=True``.
 
         Closing the iterator cancels the download.
@@ -265,7 +265,7 @@ class Provider(ABC):
             )
             raise
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
         if not last.complete:
             raise DownloadError(
                 f"The download of '{model}' from {self.display_name} ended before it completed.",
@@ -327,7 +327,7 @@ class Provider(ABC):
     @abstractmethod
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion of ``prompt``; the last chunk has ``done=True`` and stats.
 
         Closing the iterator, or cancelling the task, stops generation on the backend.
@@ -335,7 +335,7 @@ class Provider(ABC):
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream the assistant's reply to ``messages``; the last chunk carries stats."""
         raise self._unsupported("chat")
 
@@ -372,7 +372,7 @@ class Provider(ABC):
     async def collect(
         self,
         model: str,
-        chunks: AsyncIterator[GenerationChunk],
+        chunks: AsyncGenerator[GenerationChunk, None],
         *,
         callback: ChunkCallback | None = None,
     ) -> GenerationResult:
@@ -397,7 +397,7 @@ class Provider(ABC):
                 if chunk.done:
                     stats = chunk.stats or GenerationStats()
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
         if stats is None:  # a well-behaved stream always ends with done=True
             raise CancelledError("Generation stopped before it finished.", provider=self.name)
         return GenerationResult(text="".join(parts), model=model, provider=self.name, stats=stats)

@@ -21,7 +21,7 @@ import asyncio
 import contextvars
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from papin.llm.config import LLMConfig
@@ -342,7 +342,7 @@ class SyncLLMManager:
         """Iterate over the chunks of a chat reply."""
         return self._iterate(self.manager.stream_chat(model, messages, options, on_download=on_download))
 
-    def _iterate(self, agen: AsyncIterator[GenerationChunk]) -> Iterator[GenerationChunk]:
+    def _iterate(self, agen: AsyncGenerator[GenerationChunk, None]) -> Iterator[GenerationChunk]:
         try:
             while True:
                 try:
@@ -352,7 +352,7 @@ class SyncLLMManager:
                 yield chunk
         finally:
             if not self._closed:
-                self._run(agen.aclose())  # type: ignore[attr-defined]
+                self._run(agen.aclose())
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
@@ -372,7 +372,7 @@ class SyncLLMManager:
         self.close()
 
 
-async def _next(agen: AsyncIterator[GenerationChunk]) -> GenerationChunk:
+async def _next(agen: AsyncGenerator[GenerationChunk, None]) -> GenerationChunk:
     return await anext(agen)
 
 

@@ -20,7 +20,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import ClassVar
 
 from papin.llm.datatypes import (
@@ -111,7 +111,7 @@ class WrapperProvider(Provider):
         await self.wrapped.delete_model(model)
 
     # -- downloads ------------------------------------------------------------------------
-    def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:
+    def pull_model(self, model: str) -> AsyncGenerator[DownloadStatus, None]:
         """The wrapped provider's download stream."""
         return self.wrapped.pull_model(model)
 
@@ -151,13 +151,13 @@ class WrapperProvider(Provider):
     # -- generation -----------------------------------------------------------------------
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """The wrapped provider's completion stream."""
         return self.wrapped.stream_generate(model, prompt, options)
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """The wrapped provider's chat stream."""
         return self.wrapped.stream_chat(model, messages, options)
 
@@ -184,7 +184,11 @@ class WrapperProvider(Provider):
         return await super().generate_text_streaming(model, prompt, options, callback)
 
     async def collect(
-        self, model: str, chunks: AsyncIterator[GenerationChunk], *, callback: ChunkCallback | None = None
+        self,
+        model: str,
+        chunks: AsyncGenerator[GenerationChunk, None],
+        *,
+        callback: ChunkCallback | None = None,
     ) -> GenerationResult:
         """Consume a chunk stream into a result, named after this provider."""
         return await super().collect(model, chunks, callback=callback)

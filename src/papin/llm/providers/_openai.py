@@ -5,28 +5,24 @@ build on it; none of them imports another."""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from papin.llm.datatypes import (
     Capability,
-    FinishReason,
     GenerationChunk,
-    GenerationStats,
     ModelInfo,
     ProviderStatus,
 )
-from papin.llm.errors import GenerationError, ProtocolError, ProviderError
+from papin.llm.errors import ProtocolError, ProviderError
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import Messages, ProviderConfig, as_messages
 from papin.llm.transport.base import HttpProvider, HttpProviderConfig
 from papin.llm.wire import openai as wire
-from papin.llm.wire.sse import SSEDecoder
+from papin.llm.wire.stream import OpenAIEvents
 
 if TYPE_CHECKING:
-    from papin.llm.transport.client import HttpClient, HttpResponse, ServiceInfo
+    from papin.llm.transport.client import HttpClient, ServiceInfo
 
 __all__ = ["OpenAIBase", "OpenAICompatibleConfig"]
 
@@ -126,119 +122,18 @@ class OpenAIBase(HttpProvider):
     # -- generation -----------------------------------------------------------------------
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion from ``POST /v1/completions``."""
         return self._sse("/v1/completions", wire.build_completion(model, prompt, options), model)
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a chat reply from ``POST /v1/chat/completions``."""
         body = wire.build_chat(model, as_messages(messages), options)
         return self._sse("/v1/chat/completions", body, model)
 
-    async def _sse(self, path: str, body: dict[str, Any], model: str) -> AsyncIterator[GenerationChunk]:
-        started = time.perf_counter()
-        first: float | None = None
-        received = 0
-        events = 0
-        finish: FinishReason | None = None
-        prompt_tokens = completion_tokens = None
-        content_type = ""
+    def _sse(self, path: str, body: dict[str, Any], model: str) -> AsyncGenerator[GenerationChunk, None]:
+        parser = OpenAIEvents(self.name, self.display_name, model)
+        return self.stream_generation("POST", path, parser, json=body, model=model)
 
-        def seen(response: HttpResponse) -> None:
-            nonlocal content_type
-            content_type = response.headers.get("content-type", "")
-
-        decoder = SSEDecoder(provider=self.name)
-        stream = self.transport.stream("POST", path, json=body, model=model, on_response=seen)
-        done = False
-        try:
-            ended = False
-            while not done and not ended:
-                try:
-                    data = await stream.__anext__()
-                except StopAsyncIteration:
-                    batch, ended = decoder.close(), True
-                else:
-                    batch = decoder.feed(data)
-                for event in batch:
-                    text = event.data
-                    if text.startswith("[DONE]"):
-                        done = True
-                        break
-                    events += 1
-                    delta = self._event(text, model, received)
-                    if delta is None:
-                        continue
-                    text, reason, prompt, completion = delta
-                    if text:
-                        received += len(text)
-                        if first is None:
-                            first = time.perf_counter()
-                        yield GenerationChunk(text)
-                    if reason is not None:
-                        finish = reason
-                    if prompt is not None:
-                        prompt_tokens = prompt
-                    if completion is not None:
-                        completion_tokens = completion
-            if done and not ended:
-                await self.transport.finish_stream(stream)  # keeps the connection
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        if not done and finish is None:
-            what = f"after {received} characters; the answer is incomplete"
-            if not events and not content_type.startswith("text/event-stream"):
-                what = (
-                    f"with no events (content type {content_type or 'none'!r}, not "
-                    "text/event-stream). Is the endpoint an OpenAI-compatible server?"
-                )
-            raise ProtocolError(
-                f"{self.display_name}'s stream ended without a finish reason or [DONE] {what}",
-                provider=self.name,
-                model=model,
-            )
-        end = time.perf_counter()
-        tps = None
-        if completion_tokens and first is not None and end > first and completion_tokens > 1:
-            tps = (completion_tokens - 1) / (end - first)
-        yield GenerationChunk(
-            "",
-            done=True,
-            stats=GenerationStats(
-                finish_reason=finish or "stop",
-                prompt_tokens=prompt_tokens,
-                output_tokens=completion_tokens,
-                time_to_first_token=None if first is None else first - started,
-                tokens_per_second=tps,
-                total_time=end - started,
-            ),
-        )
-
-    def _event(self, data: str, model: str, received: int) -> wire.StreamDelta | None:
-        if not data or data.isspace():
-            return None
-        try:
-            obj = json.loads(data)
-        except ValueError:
-            raise ProtocolError(
-                f"{self.display_name} sent a malformed stream event (not JSON): {data[:120]!r}",
-                provider=self.name,
-                model=model,
-            ) from None
-        if type(obj) is dict and "error" not in obj:  # the usual chunk
-            return wire.parse_delta(obj)
-        message = wire.stream_error(obj)
-        if message is not None:
-            where = f" after {received} characters" if received else ""
-            raise GenerationError(
-                f"{self.display_name} reported an error during generation{where}: {message}",
-                provider=self.name,
-                model=model,
-                status_code=200,
-                body=obj.get("error"),
-            )
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"Unexpected stream event: {data[:120]!r}", provider=self.name, model=model)
-        return wire.parse_delta(obj)

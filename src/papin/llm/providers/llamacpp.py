@@ -21,7 +21,7 @@ import importlib.metadata
 import importlib.util
 import time
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -281,14 +281,14 @@ class LlamaCppProvider(Provider):
             info.metadata["chat_format"] = f"{fmt} (architecture default: the GGUF has no chat template)"
         return info
 
-    async def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:
+    async def pull_model(self, model: str) -> AsyncGenerator[DownloadStatus, None]:
         """Add a model to the store: the packaged default, a local path, a URL or ``hf:...``."""
         stream = self.store.add(model)
         try:
             async for status in stream:
                 yield status
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
 
     async def delete_model(self, model: str) -> None:
         """Unload (if loaded) and remove a model from the store."""
@@ -459,7 +459,7 @@ class LlamaCppProvider(Provider):
     # -- generation -----------------------------------------------------------------------
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion of ``prompt`` (the model's strength for base models)."""
         if options is not None and options.system:
             prompt = f"{options.system}\n\n{prompt}"
@@ -467,7 +467,7 @@ class LlamaCppProvider(Provider):
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a chat reply, formatted with the model's own chat template."""
         msgs = [m.to_dict() for m in as_messages(messages)]
         if options is not None and options.system and not (msgs and msgs[0]["role"] == "system"):
@@ -481,7 +481,7 @@ class LlamaCppProvider(Provider):
         *,
         completion_prompt: str | None = None,
         chat_messages: list[dict[str, Any]] | None = None,
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         started = time.perf_counter()
         stored = await self._resolve(model)
         entry, load_time = await self._acquire(stored, options)
@@ -509,11 +509,11 @@ class LlamaCppProvider(Provider):
                 async for chunk in run:
                     yield chunk
             finally:
-                await run.aclose()  # type: ignore[attr-defined]  # stops the generation now
+                await run.aclose()  # stops the generation now
         finally:
             self.pool.release(entry)
 
-    def _events(self, entry: LoadedLlama, request: GenerationRequest) -> AsyncIterator[Event]:
+    def _events(self, entry: LoadedLlama, request: GenerationRequest) -> AsyncGenerator[Event, None]:
         """The events of ``request`` on ``entry``, in this process or in the isolated worker."""
         if self.worker is not None:
             from papin.llm.providers._llama.isolated import stream_remote
@@ -527,7 +527,7 @@ class LlamaCppProvider(Provider):
 
     async def _run(
         self, entry: LoadedLlama, request: GenerationRequest, started: float, load_time: float | None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         first: float | None = None
         finish: str | None = None
         outcome: dict[str, Any] = {}
@@ -550,7 +550,7 @@ class LlamaCppProvider(Provider):
                 elif kind == "end":
                     outcome = payload
         finally:
-            await events.aclose()  # type: ignore[attr-defined]
+            await events.aclose()
         end = time.perf_counter()
         gen_time = end - (first or end)
         tokens = outcome.get("tokens_sampled") or outcome.get("chunks") or 0

@@ -43,8 +43,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NoReturn
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from papin.llm.datatypes import (
     Capability,
@@ -76,7 +76,7 @@ from papin.llm.providers._llama.server_process import (
 )
 from papin.llm.providers._openai import OpenAIBase
 from papin.llm.wire import llamacpp as ll
-from papin.llm.wire.sse import SSEDecoder
+from papin.llm.wire.stream import LlamaNativeEvents
 
 if TYPE_CHECKING:
     from papin.llm.transport.client import HttpClient
@@ -239,8 +239,8 @@ class LlamaCppServerProvider(OpenAIBase):
                     raise
 
     async def _guarded(
-        self, model: str, make: Callable[[str, float | None], AsyncIterator[GenerationChunk]]
-    ) -> AsyncIterator[GenerationChunk]:
+        self, model: str, make: Callable[[str, float | None], AsyncGenerator[GenerationChunk, None]]
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Run a stream; before its first chunk, wait out a loading server, and restart a
         managed server that died, then try again."""
         deadline: float | None = None
@@ -255,7 +255,7 @@ class LlamaCppServerProvider(OpenAIBase):
                         yielded = True
                         yield chunk
                 finally:
-                    await stream.aclose()  # type: ignore[attr-defined]
+                    await stream.aclose()
                 return
             except RateLimitedError as exc:
                 if yielded or not ll.is_loading(exc):
@@ -490,11 +490,11 @@ class LlamaCppServerProvider(OpenAIBase):
     # -- generation -----------------------------------------------------------------------
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion from native ``POST /completion`` (exact token counts, timings)."""
         options = self._with_defaults(options)
 
-        def make(model_id: str, load_time: float | None) -> AsyncIterator[GenerationChunk]:
+        def make(model_id: str, load_time: float | None) -> AsyncGenerator[GenerationChunk, None]:
             body = ll.native_body(model_id, prompt, options, stream=True)
             return self._native_stream(body, model_id, load_time)
 
@@ -502,12 +502,12 @@ class LlamaCppServerProvider(OpenAIBase):
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a chat reply from ``POST /v1/chat/completions``."""
         parent = super().stream_chat
         options = self._with_defaults(options)
 
-        async def make(model_id: str, load_time: float | None) -> AsyncIterator[GenerationChunk]:
+        async def make(model_id: str, load_time: float | None) -> AsyncGenerator[GenerationChunk, None]:
             stream = parent(model_id, messages, options)
             try:
                 async for chunk in stream:
@@ -517,7 +517,7 @@ class LlamaCppServerProvider(OpenAIBase):
                         )
                     yield chunk
             finally:
-                await stream.aclose()  # type: ignore[attr-defined]
+                await stream.aclose()
 
         return self._guarded(model, make)
 
@@ -528,57 +528,12 @@ class LlamaCppServerProvider(OpenAIBase):
             return options
         return (options or GenerationOptions()).model_copy(update={"max_tokens": limit})
 
-    async def _native_stream(
+    def _native_stream(
         self, body: dict[str, Any], model: str, load_time: float | None
-    ) -> AsyncIterator[GenerationChunk]:
-        """Read the native SSE stream (:class:`~papin.llm.wire.llamacpp.NativeStream`)."""
-        started = time.perf_counter()
-        first: float | None = None
-        received = 0
-        reader = ll.NativeStream(SSEDecoder(provider=self.name))
-        stream = self.transport.stream("POST", "/completion", json=body, model=model)
-        try:
-            async for data in stream:
-                for text in self._read(reader, data, model):
-                    received += len(text)
-                    first = first or time.perf_counter()
-                    yield GenerationChunk(text)
-                if reader.error is not None:
-                    self._raise_stream_error(reader.error, model, received)
-                if reader.final is not None:
-                    await self.transport.finish_stream(stream)  # keeps the connection
-                    break
-            else:
-                for text in self._read(reader, None, model):
-                    received += len(text)
-                    yield GenerationChunk(text)
-                if reader.error is not None:
-                    self._raise_stream_error(reader.error, model, received)
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        if reader.final is None:
-            raise ProtocolError(f"llama-server's stream ended without its final event after {received} "
-                                "characters; the answer is incomplete.",
-                                provider=self.name, model=model)  # fmt: skip
-        ttft = None if first is None else first - started
-        stats = ll.NativeCompletion.from_json(reader.final).stats(
-            ttft, time.perf_counter() - started, counted=reader.tokens, load_time=load_time
-        )
-        yield GenerationChunk("", done=True, stats=stats)
-
-    def _read(self, reader: ll.NativeStream, data: bytes | None, model: str) -> list[str]:
-        try:
-            return reader.feed(data) if data is not None else reader.close()
-        except ValueError as exc:
-            raise ProtocolError(f"llama-server sent a malformed stream event ({exc}).",
-                                provider=self.name, model=model) from None  # fmt: skip
-
-    def _raise_stream_error(self, error: ll.StreamErrorEvent, model: str, received: int) -> NoReturn:
-        where = f" after {received} characters" if received else ""
-        raise GenerationError(
-            f"llama-server reported an error during generation{where}: {error}",
-            provider=self.name, model=model, status_code=200, body=error.body,
-        )  # fmt: skip
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """The native SSE stream, on the stream driver."""
+        parser = LlamaNativeEvents(self.name, "llama-server", model, load_time=load_time)
+        return self.stream_generation("POST", "/completion", parser, json=body, model=model)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def aclose(self) -> None:

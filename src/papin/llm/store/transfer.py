@@ -402,7 +402,7 @@ class UrlDownload:
                 if throttle.due():
                     yield self.meter.update(self.done, self.total, "downloading")
         finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+            await stream.aclose()
             if self._file is not None and not self._file.closed:
                 self._file.flush()
         yield self.meter.update(self.done, self.total, "downloading")

@@ -1,4 +1,6 @@
-"""Common configuration and plumbing of providers that talk HTTP to a server.
+"""Common configuration and plumbing of providers that talk HTTP to a server, and the one
+stream driver every streamed answer runs on (:meth:`HttpProvider.stream_pieces`,
+:meth:`HttpProvider.stream_generation`).
 
 Importing this module does not import httpx: the transport is created on first use.
 """
@@ -6,16 +8,21 @@ Importing this module does not import httpx: the transport is created on first u
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from papin.llm.datatypes import GenerationChunk
+from papin.llm.errors import ProviderTimeoutError
 from papin.llm.provider import Provider, ProviderConfig
 
 if TYPE_CHECKING:
     import httpx
 
     from papin.llm.transport.client import HttpTransport, ServiceInfo
+    from papin.llm.wire.stream import StreamParser, StreamPiece
 
 __all__ = ["HttpProvider", "HttpProviderConfig"]
 
@@ -89,9 +96,7 @@ class HttpProvider(Provider):
         """How error messages describe this backend; providers override the hints."""
         from papin.llm.transport.client import ServiceInfo
 
-        return ServiceInfo(
-            provider=self.name, display_name=self.display_name, base_url=self.endpoint
-        )
+        return ServiceInfo(provider=self.name, display_name=self.display_name, base_url=self.endpoint)
 
     def request_headers(self) -> dict[str, str]:
         """Headers sent with every request (custom headers, then the API key)."""
@@ -121,6 +126,96 @@ class HttpProvider(Provider):
                 client=self._http_client,
             )
         return self._transport
+
+    # -- the stream driver ----------------------------------------------------------------
+    async def stream_pieces(
+        self, method: str, path: str, parser: StreamParser, *, json: Any = None, model: str | None = None
+    ) -> AsyncGenerator[StreamPiece, None]:
+        """Send one streamed request and yield what ``parser`` makes of the body, up to and
+        including the final piece. The one place that owns, for every streamed answer:
+
+        * the phase timers (first byte, idle: in the transport) and keep-alive frames, which
+          produce no piece and do not count as progress: only keep-alives for longer than the
+          first-byte limit (before the first piece) or the idle limit (after it) is a
+          :class:`~papin.llm.errors.ProviderTimeoutError`;
+        * an error inside the stream (``parser.failure``: a ``GenerationError`` for a
+          generation) and a body that ends without its final message (``parser.incomplete``);
+        * the connection: read to its end after the final message, so that it goes back to the
+          pool; closed at once when the caller stops early (the backend stops generating).
+
+        A retry layer may retry a call that failed before the first piece arrived.
+        """
+        content_type = ""
+
+        def seen(response: httpx.Response) -> None:
+            nonlocal content_type
+            content_type = response.headers.get("content-type", "")
+
+        transport = self.transport
+        limits = transport.timeouts
+        stream = transport.stream(method, path, json=json, model=model, on_response=seen)
+        received = 0
+        pieces = 0
+        last = time.monotonic()
+        try:
+            ended = False
+            while not ended:
+                try:
+                    data = await stream.__anext__()
+                except StopAsyncIteration:
+                    batch, ended = parser.close(), True
+                else:
+                    batch = parser.feed(data)
+                if not batch:
+                    limit = limits.idle if pieces else limits.first_byte
+                    if limit is not None and time.monotonic() - last > limit:
+                        raise ProviderTimeoutError(
+                            f"{self.display_name} at {self.endpoint} sent only keep-alive frames for "
+                            f"{limit:g} s (raise {'idle' if pieces else 'first_byte'}_timeout_seconds "
+                            "if the model is very slow)",
+                            phase="idle" if pieces else "first_byte",
+                            timeout=limit,
+                            provider=self.name,
+                            model=model,
+                        )
+                    continue
+                last = time.monotonic()
+                for piece in batch:
+                    if piece.error is not None:
+                        raise parser.failure(piece, received)
+                    pieces += 1
+                    received += len(piece.text)
+                    if piece.final is not None:
+                        if not ended:
+                            await transport.finish_stream(stream)  # keeps the connection
+                        yield piece
+                        return
+                    yield piece
+        finally:
+            await stream.aclose()
+        raise parser.incomplete(received, content_type)
+
+    async def stream_generation(
+        self, method: str, path: str, parser: StreamParser, *, json: Any = None, model: str | None = None
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """A generation on the stream driver: text chunks, then one ``done`` chunk with the
+        statistics (time to first token and total time by papin's clock, the rest from the
+        backend's final message, through ``parser.stats``)."""
+        started = time.perf_counter()
+        first: float | None = None
+        pieces = self.stream_pieces(method, path, parser, json=json, model=model)
+        try:
+            async for piece in pieces:
+                if piece.text and first is None:
+                    first = time.perf_counter()
+                if piece.final is not None:
+                    ttft = None if first is None else first - started
+                    stats = parser.stats(piece.final, ttft, time.perf_counter() - started)
+                    yield GenerationChunk(piece.text, done=True, stats=stats)
+                    return
+                yield GenerationChunk(piece.text)
+        finally:
+            await pieces.aclose()
 
     async def aclose(self) -> None:
         """Cancel downloads and close the connection pool."""

@@ -17,7 +17,7 @@ import asyncio
 import functools
 import json as jsonlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
@@ -341,7 +341,7 @@ class HttpTransport:
         model: str | None = None,
         headers: dict[str, str] | None = None,
         on_response: Callable[[httpx.Response], None] | None = None,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Yield the raw body chunks of a streamed answer.
 
         The first chunk must arrive within ``first_byte``, each later one within ``idle``.
@@ -398,7 +398,7 @@ class HttpTransport:
                 await response.aclose()
 
     async def finish_stream(
-        self, stream: AsyncIterator[bytes], *, wait: float = 0.25, max_bytes: int = 64 * 1024
+        self, stream: AsyncGenerator[bytes, None], *, wait: float = 0.25, max_bytes: int = 64 * 1024
     ) -> None:
         """Read the rest of a stream whose last message has arrived (normally only the end of
         the chunked body), so that the connection goes back to the pool instead of being

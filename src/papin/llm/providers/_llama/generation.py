@@ -20,7 +20,7 @@ import asyncio
 import inspect
 import re
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, NoReturn
@@ -269,7 +269,7 @@ def raise_for(payload: tuple[str, str, tuple[int, ...]], provider: str, model: s
 
 async def stream_in_thread(
     executor: ThreadPoolExecutor, entry: LoadedLlama, request: GenerationRequest, job: GenerationJob
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """Run ``request`` on ``entry`` (a model in this process) in the pool's llama thread,
     yielding its events on the event loop (``entry.tokens_after_stop`` is set when it ends).
 

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -322,7 +322,7 @@ class RemoteLlama:
                 self.worker.call("close", self.key, timeout=120)
 
 
-async def stream_remote(entry: LoadedLlama, request: GenerationRequest) -> AsyncIterator[Event]:
+async def stream_remote(entry: LoadedLlama, request: GenerationRequest) -> AsyncGenerator[Event, None]:
     """Run ``request`` on ``entry`` (a model in the worker), yielding the events of
     :func:`papin.llm.providers._llama.generation.execute` (``entry.tokens_after_stop`` is set from
     the ``end`` event, even after the caller stopped reading). Closing the iterator stops the
