@@ -247,15 +247,28 @@ def test_sizes_and_names() -> None:
     assert shadowing == []
 
 
+#: Modules directly in ``papin.llm``, by layer (for the package graph).
+LAYERS = {
+    "errors": "core", "datatypes": "core", "options": "core", "formatting": "core", "progress": "core",
+    "provider": "provider", "wrapper": "provider",
+}  # fmt: skip
+
+
 def package_graph() -> dict[str, set[str]]:
-    """The import graph between papin's packages (``papin.llm.hardware``...), for the note."""
+    """The import graph between papin's packages (``papin.llm.hardware``...), with the modules
+    directly in ``papin.llm`` grouped as ``llm.core`` (errors, value types, options),
+    ``llm.provider`` (the Provider interface) and ``llm.app`` (factory, choice, manager...)."""
 
     def package(module: str) -> str:
         parts = module.split(".")
-        path = modules()[module]
-        if path.name != "__init__.py":
-            parts = parts[:-1] if len(parts) > 2 else parts
-        return ".".join(parts[:4]) if parts[:3] == ["papin", "llm", "providers"] else ".".join(parts[:3])
+        if parts[:2] == ["papin", "cli"] or len(parts) < 3:
+            return ".".join(parts[:2])
+        folder = modules()[module].name == "__init__.py"
+        if parts[2] == "providers" and len(parts) >= 4 and (len(parts) > 4 or folder):
+            return ".".join(parts[:4])  # papin.llm.providers._llama
+        if len(parts) == 3 and not folder:
+            return f"papin.llm.{LAYERS.get(parts[2], 'app')}"
+        return ".".join(parts[:3])
 
     graph: dict[str, set[str]] = defaultdict(set)
     for importer, targets in internal_graph().items():
