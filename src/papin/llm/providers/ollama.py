@@ -155,13 +155,14 @@ class OllamaProvider(HttpProvider):
             on_incomplete=incomplete,
         )
         body = {"model": model, "stream": True}
-        pieces = self.stream_pieces("POST", "/api/pull", parser, json=body, model=model)
+        batches = self.stream_pieces("POST", "/api/pull", parser, json=body, model=model)
         try:
-            async for piece in pieces:
-                done, total, status = aggregator.feed(piece.value)
-                yield meter.finish(status) if aggregator.success else meter.update(done, total, status)
+            async for batch in batches:
+                for piece in batch:
+                    done, total, status = aggregator.feed(piece.value)
+                    yield meter.finish(status) if aggregator.success else meter.update(done, total, status)
         finally:
-            await pieces.aclose()
+            await batches.aclose()
 
     # -- loading --------------------------------------------------------------------------
     async def list_loaded_models(self) -> list[LoadedModel]:

@@ -130,9 +130,10 @@ class HttpProvider(Provider):
     # -- the stream driver ----------------------------------------------------------------
     async def stream_pieces(
         self, method: str, path: str, parser: StreamParser, *, json: Any = None, model: str | None = None
-    ) -> AsyncGenerator[StreamPiece, None]:
-        """Send one streamed request and yield what ``parser`` makes of the body, up to and
-        including the final piece. The one place that owns, for every streamed answer:
+    ) -> AsyncGenerator[list[StreamPiece], None]:
+        """Send one streamed request and yield what ``parser`` makes of the body, one list of
+        pieces per network read (so a busy stream costs one hop per read, not per piece), up to
+        and including the final piece. The one place that owns, for every streamed answer:
 
         * the phase timers (first byte, idle: in the transport) and keep-alive frames, which
           produce no piece and do not count as progress: only keep-alives for longer than the
@@ -169,31 +170,36 @@ class HttpProvider(Provider):
                 if not batch:
                     limit = limits.idle if pieces else limits.first_byte
                     if limit is not None and time.monotonic() - last > limit:
-                        raise ProviderTimeoutError(
-                            f"{self.display_name} at {self.endpoint} sent only keep-alive frames for "
-                            f"{limit:g} s (raise {'idle' if pieces else 'first_byte'}_timeout_seconds "
-                            "if the model is very slow)",
-                            phase="idle" if pieces else "first_byte",
-                            timeout=limit,
-                            provider=self.name,
-                            model=model,
-                        )
+                        raise self._keepalive_timeout(limit, pieces, model)
                     continue
                 last = time.monotonic()
-                for piece in batch:
+                for index, piece in enumerate(batch):
                     if piece.error is not None:
-                        raise parser.failure(piece, received)
-                    pieces += 1
-                    received += len(piece.text)
+                        if index:
+                            yield batch[:index]
+                        raise parser.failure(piece, received + sum(len(p.text) for p in batch[:index]))
                     if piece.final is not None:
                         if not ended:
                             await transport.finish_stream(stream)  # keeps the connection
-                        yield piece
+                        yield batch[: index + 1]
                         return
-                    yield piece
+                pieces += len(batch)
+                received += sum(len(p.text) for p in batch)
+                yield batch
         finally:
             await stream.aclose()
         raise parser.incomplete(received, content_type)
+
+    def _keepalive_timeout(self, limit: float, pieces: int, model: str | None) -> ProviderTimeoutError:
+        phase = "idle" if pieces else "first_byte"
+        return ProviderTimeoutError(
+            f"{self.display_name} at {self.endpoint} sent only keep-alive frames for {limit:g} s "
+            f"(raise {phase}_timeout_seconds if the model is very slow)",
+            phase=phase,
+            timeout=limit,
+            provider=self.name,
+            model=model,
+        )
 
     async def stream_generation(
         self, method: str, path: str, parser: StreamParser, *, json: Any = None, model: str | None = None
@@ -203,19 +209,20 @@ class HttpProvider(Provider):
         backend's final message, through ``parser.stats``)."""
         started = time.perf_counter()
         first: float | None = None
-        pieces = self.stream_pieces(method, path, parser, json=json, model=model)
+        batches = self.stream_pieces(method, path, parser, json=json, model=model)
         try:
-            async for piece in pieces:
-                if piece.text and first is None:
+            async for batch in batches:
+                if first is None and any(p.text for p in batch):
                     first = time.perf_counter()
-                if piece.final is not None:
-                    ttft = None if first is None else first - started
-                    stats = parser.stats(piece.final, ttft, time.perf_counter() - started)
-                    yield GenerationChunk(piece.text, done=True, stats=stats)
-                    return
-                yield GenerationChunk(piece.text)
+                for piece in batch:
+                    if piece.final is not None:
+                        ttft = None if first is None else first - started
+                        stats = parser.stats(piece.final, ttft, time.perf_counter() - started)
+                        yield GenerationChunk(piece.text, done=True, stats=stats)
+                        return
+                    yield GenerationChunk(piece.text)
         finally:
-            await pieces.aclose()
+            await batches.aclose()
 
     async def aclose(self) -> None:
         """Cancel downloads and close the connection pool."""

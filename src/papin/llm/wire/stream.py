@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from papin.llm.datatypes import FinishReason, GenerationStats
 from papin.llm.errors import GenerationError, ProtocolError, ProviderError
@@ -45,9 +44,8 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class StreamPiece:
-    """One meaningful part of a stream.
+class StreamPiece(NamedTuple):
+    """One meaningful part of a stream (a named tuple: one is made per token).
 
     ``text``: generated text; ``value``: a parsed message of a progress stream; ``final``: the
     message that ends the stream (not ``None`` on the last piece); ``error``: what the backend
