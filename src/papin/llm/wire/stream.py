@@ -98,13 +98,11 @@ def _in_stream_error(
     )
 
 
-class OllamaGeneration:
-    """Ollama's ``/api/generate`` and ``/api/chat`` NDJSON: ``response`` or
-    ``message.content`` text, an ``error`` object, ``"done": true`` on the last message."""
+class _NdjsonParser:
+    """NDJSON streams: one JSON object per line; nothing is read after the final piece."""
 
-    def __init__(self, provider: str, name: str, model: str, *, endpoint: str = "", path: str = "") -> None:
-        self.provider, self.name, self.model = provider, name, model
-        self.endpoint, self.path = endpoint, path
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
         self.events = 0
         self._decoder = NdjsonDecoder(provider=provider)
         self._done = False
@@ -114,6 +112,19 @@ class OllamaGeneration:
 
     def close(self) -> list[StreamPiece]:
         return self._pieces(self._decoder.close())
+
+    def _pieces(self, objects: list[Any]) -> list[StreamPiece]:
+        raise NotImplementedError
+
+
+class OllamaGeneration(_NdjsonParser):
+    """Ollama's ``/api/generate`` and ``/api/chat`` NDJSON: ``response`` or
+    ``message.content`` text, an ``error`` object, ``"done": true`` on the last message."""
+
+    def __init__(self, provider: str, name: str, model: str, *, endpoint: str = "", path: str = "") -> None:
+        super().__init__(provider)
+        self.name, self.model = name, model
+        self.endpoint, self.path = endpoint, path
 
     def _pieces(self, objects: list[Any]) -> list[StreamPiece]:
         pieces: list[StreamPiece] = []
@@ -164,7 +175,7 @@ class OllamaGeneration:
         return stats
 
 
-class NdjsonProgress:
+class NdjsonProgress(_NdjsonParser):
     """A progress stream of NDJSON objects (Ollama's pull): each object is a piece's
     ``value``; ``is_final(obj)`` says which one ends it; an ``error`` object is an error piece.
     ``on_error`` and ``on_incomplete`` build the errors (a download error, not a generation's)."""
@@ -177,17 +188,8 @@ class NdjsonProgress:
         on_error: Callable[[Any], ProviderError],
         on_incomplete: Callable[[], ProviderError],
     ) -> None:
-        self.provider = provider
-        self.events = 0
-        self._decoder = NdjsonDecoder(provider=provider)
+        super().__init__(provider)
         self._is_final, self._on_error, self._on_incomplete = is_final, on_error, on_incomplete
-        self._done = False
-
-    def feed(self, data: bytes) -> list[StreamPiece]:
-        return self._pieces(self._decoder.feed(data))
-
-    def close(self) -> list[StreamPiece]:
-        return self._pieces(self._decoder.close())
 
     def _pieces(self, objects: list[Any]) -> list[StreamPiece]:
         pieces: list[StreamPiece] = []
