@@ -149,7 +149,8 @@ def _safety_part(report: _Report) -> None:
             "extra_buffers": report.tuned.extra_buffers,
             "reason": report.tuned.reasons.get("extra_buffers", ""),
         }
-    if hw.llama.server_binary:
+    binary = hw.llama.server_binary
+    if binary:
         mode = "auto"
         try:
             server = get_provider_factory().make_config(
@@ -158,9 +159,7 @@ def _safety_part(report: _Report) -> None:
             mode = str(getattr(server, "extra_buffers", "auto"))
         except ProviderError as exc:
             report.problems.append(f"llamacpp_server settings: {one_line(str(exc))}")
-        flags, why = server_safety(
-            hw.cpu, extra_buffers_setting(mode), server_flags(hw.llama.server_binary), set()
-        )
+        flags, why = server_safety(hw.cpu, extra_buffers_setting(mode), lambda: server_flags(binary), set())
         report.safety["llama_server"] = {"flags": list(flags), "reason": why}
     if report.model_info is not None and report.tuned is not None and hw.llama.package_version:
         from papin.llm.providers.llamacpp import probe_verdicts

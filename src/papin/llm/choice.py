@@ -176,16 +176,6 @@ async def choose_provider(
     raise _unavailable(tried, configured, note)
 
 
-def _not_running(provider: Provider, endpoint: str, reason: str) -> str:
-    """What the provider's own status check would say about an address discovery found down
-    (the error boundary's wording, with the provider's hint)."""
-    info = getattr(provider, "service_info", None)
-    hint = getattr(info(), "start_hint", "") if callable(info) else ""
-    if "refused" in reason:
-        return f"{provider.display_name} is not running at {endpoint} ({reason}). {hint}".strip()
-    return f"{provider.display_name} at {endpoint}: {reason}"
-
-
 async def provider_statuses(
     config: LLMConfig, factory: ProviderFactory, found: DiscoveryResult
 ) -> dict[str, ProviderStatus]:
@@ -199,15 +189,9 @@ async def provider_statuses(
     """
     import asyncio
 
-    from papin.llm.discovery.candidates import normal_url
+    from papin.llm.transport.base import HttpProvider
+    from papin.llm.transport.errors import not_running
 
-    def same(url: str) -> str:
-        try:
-            return normal_url(url).replace("://localhost", "://127.0.0.1").removesuffix("/v1")
-        except ConfigurationError:
-            return url
-
-    probed = {same(u) for u in found.probed}
     statuses: dict[str, ProviderStatus] = {}
     pending: dict[str, Provider] = {}
     for name in factory.registered_providers():
@@ -223,11 +207,13 @@ async def provider_statuses(
             statuses[name] = ProviderStatus(name, False, error=str(exc))
             continue
         endpoint = str(getattr(provider, "endpoint", "") or "")
-        if endpoint and same(endpoint) in probed:
-            seen = next((b for b in found.backends if same(b.address) == same(endpoint)), None)
+        probed, seen = found.seen_at(endpoint) if endpoint else (False, None)
+        if probed:
             why = f"discovery found no {provider.display_name} answering at {endpoint}"
             if seen is not None and seen.reason:
-                why = _not_running(provider, endpoint, seen.reason)
+                why = f"{provider.display_name} at {endpoint}: {seen.reason}"
+                if "refused" in seen.reason and isinstance(provider, HttpProvider):
+                    why = not_running(provider.service_info(), seen.reason)
             statuses[name] = ProviderStatus(name, False, endpoint, error=why)
             await provider.aclose()
             continue

@@ -164,7 +164,7 @@ def test_no_repack_only_when_the_binary_has_it(tmp_path: Path) -> None:
     old = fake_help_binary(tmp_path, "-t, --threads N\n")
     fields, extra = server_launch(gemma_like(), tmp_path / "m.gguf", old, {}, hardware=hw)
     assert "--no-repack" not in extra
-    flags, why = server_safety(hw.cpu, None, frozenset({"-t"}), set())
+    flags, why = server_safety(hw.cpu, None, lambda: frozenset({"-t"}), set())
     assert flags == () and "no --no-repack flag" in why
 
 

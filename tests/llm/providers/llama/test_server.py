@@ -430,7 +430,8 @@ async def test_real_router_mode_with_api_key() -> None:
     async with shared_provider():
         pass  # the store has the default model
     binary = find_llama_server()
-    safety, _ = server_safety(detect_cpu(), None, server_flags(binary), set())  # --no-repack on AMX CPUs
+    # --no-repack on AMX CPUs
+    safety, _ = server_safety(detect_cpu(), None, lambda: server_flags(binary), set())
     args = ("--models-max", "1", "-fit", "off", *safety)
     spec = ServerSpec(binary, models_dir=shared_models_dir(), context_size=512, threads=2,
                       api_key="router-key", extra_args=args)  # fmt: skip

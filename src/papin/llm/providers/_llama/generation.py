@@ -267,6 +267,49 @@ def raise_for(payload: tuple[str, str, tuple[int, ...]], provider: str, model: s
     raise GenerationError(f"llama.cpp failed: {message}", provider=provider, model=model)
 
 
+class EventBridge:
+    """Events produced on another thread (the llama thread, or the isolated worker's reader),
+    consumed on the event loop that created the bridge.
+
+    :meth:`post` is thread-safe; the first terminal event (``end``, ``error``, or the worker's
+    ``dead``/``fail``) marks the producer finished. :meth:`events` yields until then; closed
+    early, it calls ``stop`` and waits for the producer to finish, so the model is free for
+    the next request.
+    """
+
+    TERMINAL = frozenset({"end", "error", "dead", "fail"})
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.finished = threading.Event()
+
+    def post(self, kind: str, payload: Any) -> bool:
+        """Hand one event to the loop; ``False`` when the loop is gone (nobody listens)."""
+        if kind in self.TERMINAL:
+            self.finished.set()
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, payload))
+        except RuntimeError:
+            return False
+        return True
+
+    async def events(
+        self, stop: Callable[[], None], wait: float | None = None
+    ) -> AsyncGenerator[Event, None]:
+        """The events, up to and including the terminal one."""
+        try:
+            while True:
+                event = await self.queue.get()
+                yield event
+                if event[0] in self.TERMINAL:
+                    return
+        finally:
+            if not self.finished.is_set():
+                stop()
+                await asyncio.shield(self.loop.run_in_executor(None, self.finished.wait, wait))
+
+
 async def stream_in_thread(
     executor: ThreadPoolExecutor, entry: LoadedLlama, request: GenerationRequest, job: GenerationJob
 ) -> AsyncGenerator[Event, None]:
@@ -276,14 +319,12 @@ async def stream_in_thread(
     Closing the iterator (or cancelling the task) stops the job and waits until the thread
     has really stopped, so the model is free for the next request.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Event] = asyncio.Queue()
-    done = threading.Event()
+    bridge = EventBridge()
 
     def emit(kind: str, payload: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
-        except RuntimeError:  # loop closed: nobody is listening any more
+        if kind in EventBridge.TERMINAL:
+            entry.tokens_after_stop = job.outcome()["tokens_after_stop"]
+        if not bridge.post(kind, payload):  # the loop is gone: stop generating
             job.request_stop()
 
     def work() -> None:
@@ -295,18 +336,7 @@ async def stream_in_thread(
                     execute(entry.llama, entry.settings.n_ctx, request, job, emit)
         except BaseException as exc:  # reported to the caller, never lost
             emit("error", ("llama", _describe(exc), ()))
-        finally:
-            entry.tokens_after_stop = job.outcome()["tokens_after_stop"]
-            done.set()
 
     executor.submit(work)
-    try:
-        while True:
-            event = await queue.get()
-            yield event
-            if event[0] in ("end", "error"):
-                return
-    finally:
-        job.request_stop()
-        if not done.is_set():
-            await asyncio.shield(loop.run_in_executor(None, done.wait))
+    async for event in bridge.events(job.request_stop):
+        yield event

@@ -15,7 +15,6 @@ session), it exits when its request pipe closes, and an exit hook and a finalize
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import collections
 import concurrent.futures
@@ -32,7 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from papin.llm.errors import GenerationError, NativeCrashError, ProviderError, ProviderUnavailableError
-from papin.llm.providers._llama.generation import Event, GenerationRequest
+from papin.llm.providers._llama.generation import Event, EventBridge, GenerationRequest
 from papin.llm.providers._llama.processes import (
     child_environment,
     follow_output,
@@ -197,8 +196,7 @@ class LlamaWorker:
             elif kind == "dead":
                 future.set_exception(payload)
             else:
-                name, message = payload
-                future.set_exception(_WorkerFailure(name, message))
+                future.set_exception(_WorkerFailure(payload[1]))
 
         self.submit(op, args, handler)
         return future.result(timeout)
@@ -285,7 +283,7 @@ class LlamaWorker:
         try:
             self.call("load", key, path, settings.to_dict())
         except _WorkerFailure as exc:
-            raise ValueError(exc.message) from None
+            raise ValueError(str(exc)) from None
         return RemoteLlama(self, key, incarnation)
 
 
@@ -297,9 +295,7 @@ _OOM_HINT = "SIGKILL usually means the system ran out of memory: try a smaller m
 
 
 class _WorkerFailure(Exception):
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name}: {message}")
-        self.name, self.message = name, message
+    """A request the worker answered with ``fail`` (its message is what llama.cpp said)."""
 
 
 class RemoteLlama:
@@ -331,22 +327,17 @@ async def stream_remote(entry: LoadedLlama, request: GenerationRequest) -> Async
     handle = entry.llama
     if not isinstance(handle, RemoteLlama):
         raise GenerationError(f"the model {entry.model_id} is not loaded", model=entry.model_id)
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Event] = asyncio.Queue()
-    finished = threading.Event()
+    bridge = EventBridge()
 
     def handler(kind: str, payload: Any) -> None:
         if kind == "end":  # also when the caller stopped reading: the counters still count
             entry.tokens_after_stop = payload.get("tokens_after_stop")
-        if kind in ("end", "error", "dead", "fail"):
-            finished.set()
-        with contextlib.suppress(RuntimeError):  # loop closed: nobody is listening any more
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, payload))
+        bridge.post(kind, payload)
 
     rid = handle.worker.submit("generate", (handle.key, entry.settings.n_ctx, request), handler)
+    events = bridge.events(lambda: handle.worker.stop_request(rid), wait=120.0)
     try:
-        while True:
-            kind, payload = await queue.get()
+        async for kind, payload in events:
             if kind == "dead":
                 payload.model = entry.model_id
                 raise payload
@@ -355,9 +346,5 @@ async def stream_remote(entry: LoadedLlama, request: GenerationRequest) -> Async
                     f"llama.cpp failed: {payload[1]}", provider=handle.worker.provider, model=entry.model_id
                 )
             yield kind, payload
-            if kind in ("end", "error"):
-                return
     finally:
-        if not finished.is_set():
-            handle.worker.stop_request(rid)
-            await asyncio.shield(loop.run_in_executor(None, finished.wait, 120.0))
+        await events.aclose()

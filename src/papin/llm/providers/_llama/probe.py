@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,6 @@ class ProbeVerdict:
     error: str | None = None
     timed_out: bool = False
     cached: bool = False
-    output: str = ""
     #: When a stored verdict was found (UTC, ISO 8601).
     when: str | None = None
 
@@ -189,11 +189,6 @@ class VerdictStore:
             except OSError as exc:
                 logger.warning("could not save the llama.cpp probe verdict in %s: %s", self.path, exc)
 
-    def entries(self) -> dict[str, ProbeVerdict]:
-        """Every stored verdict by key (``papin doctor``)."""
-        with self._lock:
-            keys = list(self._read())
-        return {k: v for k in keys if (v := self.get(k)) is not None}
 
 
 def verdicts_for(quantization: str | None, gpu_offload: bool = False) -> dict[str, ProbeVerdict]:
@@ -246,7 +241,7 @@ def run_probe(path: str, settings: LoadSettings, timeout: float) -> ProbeVerdict
         return ProbeVerdict(True, seconds, stage="ok")
     name, how = signal_description(proc.returncode)
     if name is not None:
-        return ProbeVerdict(False, seconds, stage=stage, signal=name, output=text[-2000:])
+        return ProbeVerdict(False, seconds, stage=stage, signal=name)
     return ProbeVerdict(False, seconds, stage=stage, error=text.splitlines()[-1] if text else how)
 
 
@@ -260,7 +255,7 @@ def safe_settings(
     settings: LoadSettings,
     *,
     mode: str,
-    key_of: Any,
+    key_of: Callable[[LoadSettings], str],
     store: VerdictStore,
     timeout: float,
     provider: str,
