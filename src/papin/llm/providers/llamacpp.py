@@ -378,6 +378,7 @@ class LlamaCppProvider(Provider):
             timeout=self.config.probe_timeout_seconds,
             provider=self.name,
             model=stored.id,
+            isolated=self.worker is not None,
         )
 
     def _kept_settings(self, stored: StoredModel, user: dict[str, Any]) -> LoadSettings | None:

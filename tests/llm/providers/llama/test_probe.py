@@ -206,3 +206,13 @@ def test_verdict_store_survives_a_broken_file(tmp_path: Path) -> None:
     verdict = VerdictStore(path).get("k")
     assert verdict is not None and verdict.cached and verdict.signal == "SIGILL"
     assert verdict.describe() == "SIGILL while decoding"
+
+
+async def test_the_advice_fits_the_mode_in_use(
+    data_dir: Path, closing: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PAPIN_TEST_PROBE_CRASH", "decode")
+    provider = closing(embedded(isolation="process"))
+    with pytest.raises(NativeCrashError) as caught:
+        await provider.generate(DEFAULT_MODEL_ID, PROMPT, GREEDY)
+    assert "llamacpp_server" in str(caught.value) and "isolation" not in str(caught.value)

@@ -190,7 +190,6 @@ class VerdictStore:
                 logger.warning("could not save the llama.cpp probe verdict in %s: %s", self.path, exc)
 
 
-
 def verdicts_for(quantization: str | None, gpu_offload: bool = False) -> dict[str, ProbeVerdict]:
     """The stored verdicts for a model of ``quantization`` on this machine and build, by
     ``"extra buffers on"``/``"off"`` (``papin doctor``). Imports llama-cpp-python."""
@@ -260,6 +259,7 @@ def safe_settings(
     timeout: float,
     provider: str,
     model: str,
+    isolated: bool = False,
 ) -> tuple[LoadSettings, str | None]:
     """The settings to load ``path`` with, proven by a probe (or a stored verdict); blocking.
 
@@ -297,7 +297,7 @@ def safe_settings(
         if not (verdict.crashed or verdict.timed_out):
             return candidate, None  # a clean failure: the real load reports llama.cpp's error
         tried.append((candidate, verdict))
-    raise _failure(path, tried, mode=mode, timeout=timeout, provider=provider, model=model)
+    raise _failure(path, tried, mode=mode, timeout=timeout, provider=provider, model=model, isolated=isolated)
 
 
 def _failure(
@@ -308,6 +308,7 @@ def _failure(
     timeout: float,
     provider: str,
     model: str,
+    isolated: bool,
 ) -> Exception:
     last = tried[-1][1]
     if all(v.timed_out for _, v in tried):
@@ -331,12 +332,15 @@ def _failure(
     attempts = "; ".join(
         f"with extra buffers {'on' if s.extra_buffers else 'off'}: {v.describe()}" for s, v in tried
     )
-    forced = (
-        " extra_buffers is set to 'on': set it to 'auto' or 'off'."
-        if mode == "on"
-        else " Use the llamacpp_server provider, or the embedded provider with isolation 'process' "
-        "(a crash then fails only the request)."
-    )
+    if mode == "on":
+        forced = " extra_buffers is set to 'on': set it to 'auto' or 'off'."
+    elif isolated:
+        forced = " Use the llamacpp_server provider for this model."
+    else:
+        forced = (
+            " Use the llamacpp_server provider, or the embedded provider with isolation 'process' "
+            "(a crash then fails only the request)."
+        )
     return NativeCrashError(
         f"llama.cpp crashes on this machine with '{model}' ({attempts}). papin ran it in a probe "
         f"process, so this process is unaffected.{forced}",
