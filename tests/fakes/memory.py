@@ -93,8 +93,8 @@ class MemoryProvider(Provider):
                     "", done=True, stats=GenerationStats("length", output_tokens=count)
                 )
                 return
-            if self.config.token_delay:
-                await asyncio.sleep(self.config.token_delay)
+            # each token arrives from "the backend" after a wait, as with every real provider
+            await asyncio.sleep(self.config.token_delay)
             self.produced += 1
             count += 1
             yield GenerationChunk(token)

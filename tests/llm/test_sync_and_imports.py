@@ -10,6 +10,7 @@ import pytest
 import papin.llm
 from papin.llm import ConfigurationError, LLMConfig, LLMManager, get_provider_factory
 from papin.llm.sync import SyncLLMManager
+from tests import REPO
 from tests.fakes.memory import MemoryProvider
 
 
@@ -107,3 +108,35 @@ def test_one_export_table_matches_the_modules_and_the_type_checking_imports() ->
 
 def test_test_hooks_are_not_public_names() -> None:
     assert not [n for n in papin.llm.__all__ if n.startswith("reset_")]
+
+
+def test_a_facade_left_open_is_closed_when_collected() -> None:
+    import gc
+
+    get_provider_factory().register_provider("memory", MemoryProvider)
+    llm = SyncLLMManager(LLMManager.with_config(LLMConfig(provider_type="memory")))
+    llm.initialize()
+    provider = llm.current_provider
+    assert isinstance(provider, MemoryProvider) and not provider.closed
+    del llm
+    gc.collect()
+    assert provider.closed
+
+
+def test_a_script_that_never_closes_its_facade_exits_without_leak_warnings(tmp_path: object) -> None:
+    """Against a real HTTP server (aiohttp sessions, the model monitor's task): nothing is
+    printed about unclosed sessions or pending tasks when the script just ends."""
+    script = (
+        "from tests.fakes.ollama import FakeOllama\n"
+        "from papin.llm.sync import create_sync_llm_manager\n"
+        "with FakeOllama(['tiny']) as fake:\n"
+        "    first = create_sync_llm_manager(provider='ollama', endpoint=fake.url)\n"
+        "    second = create_sync_llm_manager(provider='ollama', endpoint=fake.url)\n"
+        "    print(first.generate_text(None, 'hi'), second.generate_text(None, 'hi'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=60, cwd=str(REPO),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Unclosed" not in out.stderr and "destroyed but it is pending" not in out.stderr, out.stderr

@@ -21,6 +21,8 @@ import asyncio
 import contextvars
 import signal
 import threading
+import time
+import weakref
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +39,8 @@ from papin.llm.errors import ConfigurationError
 from papin.llm.manager import LLMManager, ProviderChoice, create_llm_manager
 from papin.llm.options import GenerationOptions
 from papin.llm.provider import ChunkCallback, Messages, ProgressCallback, Provider
+from papin.llm.sync_streams import ChunkPump
+from papin.llm.transport.pauses import add_pause
 
 if TYPE_CHECKING:
     from papin.llm.discovery import Discovery, DiscoveryResult
@@ -68,6 +72,11 @@ class SyncLLMManager:
         self._context: contextvars.Context | None = None
         self._lock = threading.RLock()
         self._closed = False
+        self._stopped_at = 0.0
+        # A facade left open (no ``with``, no close()) is closed when it is collected or at
+        # interpreter exit, so a script does not leak its connections or print aiohttp's
+        # "Unclosed client session" warnings.
+        self._finalizer = weakref.finalize(self, _close_left_open, self._runner, self.manager)
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the private loop, as ``asyncio.Runner.run`` does, Ctrl-C included.
@@ -90,40 +99,55 @@ class SyncLLMManager:
             raise RuntimeError("SyncLLMManager cannot be used inside a running event loop; use LLMManager.")
         with self._lock:
             loop = self._runner.get_loop()
-            if self._context is None:
-                self._context = contextvars.copy_context()
-            task = loop.create_task(coro, context=self._context)
-            interrupts = 0
+            task = loop.create_task(coro, context=self._task_context())
+            return self._wait(loop, task, task)
 
-            def on_sigint(signum: int, frame: object) -> None:
-                nonlocal interrupts
-                interrupts += 1
-                if interrupts == 1 and not task.done():
-                    task.cancel()
-                    loop.call_soon_threadsafe(lambda: None)  # wake select()
-                    return
-                raise KeyboardInterrupt()
+    def _task_context(self) -> contextvars.Context:
+        if self._context is None:
+            self._context = contextvars.copy_context()
+        return self._context
 
-            installed = (
-                threading.current_thread() is threading.main_thread()
-                and _sig.getsignal(signal.SIGINT) is signal.default_int_handler
-            )
-            if installed:
-                try:
-                    _sig.signal(signal.SIGINT, on_sigint)
-                except ValueError:
-                    installed = False
+    def _wait(
+        self, loop: asyncio.AbstractEventLoop, awaited: asyncio.Future[T], target: asyncio.Task[Any]
+    ) -> T:
+        """Run the loop until ``awaited`` is done; the first Ctrl-C cancels ``target``."""
+        if self._stopped_at:
+            add_pause(loop, time.monotonic() - self._stopped_at)  # the caller's time, not the server's
+        interrupts = 0
+
+        def on_sigint(signum: int, frame: object) -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts == 1 and not target.done():
+                target.cancel()
+                loop.call_soon_threadsafe(lambda: None)  # wake select()
+                return
+            raise KeyboardInterrupt()
+
+        installed = (
+            threading.current_thread() is threading.main_thread()
+            and _sig.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+        if installed:
             try:
-                return loop.run_until_complete(task)
-            except asyncio.CancelledError:
-                if interrupts and task.uncancel() == 0:
-                    raise KeyboardInterrupt() from None
-                raise
-            finally:
-                if installed:
-                    previous = _sig.signal(signal.SIGINT, signal.default_int_handler)
-                    if previous is not on_sigint:  # someone replaced ours meanwhile: keep theirs
-                        _sig.signal(signal.SIGINT, previous)
+                _sig.signal(signal.SIGINT, on_sigint)
+            except ValueError:
+                installed = False
+        try:
+            result = loop.run_until_complete(awaited)
+        except asyncio.CancelledError:
+            if interrupts and target.uncancel() == 0:
+                raise KeyboardInterrupt() from None
+            raise
+        finally:
+            self._stopped_at = time.monotonic()
+            if installed:
+                previous = _sig.signal(signal.SIGINT, signal.default_int_handler)
+                if previous is not on_sigint:  # someone replaced ours meanwhile: keep theirs
+                    _sig.signal(signal.SIGINT, previous)
+        if interrupts and target is not awaited:
+            raise KeyboardInterrupt()
+        return result
 
     @classmethod
     def with_config(cls, config: LLMConfig) -> SyncLLMManager:
@@ -343,22 +367,37 @@ class SyncLLMManager:
         return self._iterate(self.manager.stream_chat(model, messages, options, on_download=on_download))
 
     def _iterate(self, agen: AsyncGenerator[GenerationChunk, None]) -> Iterator[GenerationChunk]:
+        """The chunks of ``agen``, taken in batches (see :mod:`papin.llm.sync_streams`)."""
+        pump = ChunkPump(agen)
+        ready = pump.ready
         try:
             while True:
-                try:
-                    chunk = self._run(_next(agen))
-                except StopAsyncIteration:
+                while ready:
+                    yield ready.popleft()
+                if pump.finished:
+                    if pump.error is not None:
+                        raise pump.error
                     return
-                yield chunk
+                self._fill(pump)
         finally:
             if not self._closed:
-                self._run(agen.aclose())
+                self._run(_stop_pump(pump))
+
+    def _fill(self, pump: ChunkPump[GenerationChunk]) -> None:
+        if self._closed:
+            raise ConfigurationError("This SyncLLMManager is closed.")
+        with self._lock:
+            loop = self._runner.get_loop()
+            if pump.task is None:
+                pump.task = loop.create_task(pump.run(), context=self._task_context())
+            self._wait(loop, pump.wanted(loop), pump.task)
 
     # -- lifecycle ------------------------------------------------------------------------
     def close(self) -> None:
         """Close connections and the private event loop."""
         if self._closed:
             return
+        self._finalizer.detach()
         try:
             self._run(self.manager.aclose())
         finally:
@@ -372,8 +411,34 @@ class SyncLLMManager:
         self.close()
 
 
-async def _next(agen: AsyncGenerator[GenerationChunk, None]) -> GenerationChunk:
-    return await anext(agen)
+def _close_left_open(runner: asyncio.Runner, manager: LLMManager) -> None:
+    """Close a facade nobody closed (from its finalizer): best effort, never raises."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:  # collected inside some event loop: this thread cannot run the facade's loop now
+        return
+    try:
+        runner.run(manager.aclose())
+    except BaseException:  # noqa: BLE001 - a finalizer must not raise
+        pass
+    finally:
+        try:
+            runner.close()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+async def _stop_pump(pump: ChunkPump[GenerationChunk]) -> None:
+    """Stop a stream the caller left: cancel the pump's task (closing the generator and, with
+    it, the backend stream), or close a generator that was never started."""
+    task = pump.task
+    if task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait([task])
+    if task is None or not pump.finished:
+        await pump.agen.aclose()
 
 
 async def _call(fn: Callable[[], T]) -> T:

@@ -159,6 +159,7 @@ def test_sync_facade_stop_closes_connection(slow_fake: FakeOllama) -> None:
 def test_sync_caller_time_between_chunks_is_not_server_idle(fake: FakeOllama) -> None:
     """Time the caller spends between chunks (sync iteration) never counts as server idle."""
     fake.tokens = ["a", "b", "c"]
+    fake.token_delay = 0.02  # one read per token: a read is in flight while the caller sleeps
     with SyncLLMManager(_manager(fake, idle=0.1)) as llm:
         provider = llm.initialize().current_provider
         assert isinstance(provider, OllamaProvider)

@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from pydantic import Field
@@ -56,7 +55,9 @@ from papin.llm.options import GenerationOptions
 from papin.llm.progress import ProgressMeter
 from papin.llm.provider import Messages, ProviderConfig, as_messages
 from papin.llm.providers._openai import OpenAIBase, OpenAICompatibleConfig
+from papin.llm.wire import lmstudio as lms_wire
 from papin.llm.wire import openai as wire
+from papin.llm.wire.lmstudio import RestApi
 
 if TYPE_CHECKING:
     from papin.llm.transport.base import HttpProviderConfig
@@ -68,12 +69,6 @@ DEFAULT_ENDPOINT = "http://127.0.0.1:1234"
 #: The environment variable LM Studio's docs use for an API token.
 TOKEN_ENV = "LM_API_TOKEN"
 
-RestApi = Literal["v1", "v0", "none"]
-_LIST_PATHS: dict[str, str] = {"v1": "/api/v1/models", "v0": "/api/v0/models"}
-_LIST_KEYS: dict[str, str] = {"v1": "models", "v0": "data"}
-_EMBEDDING_TYPES = frozenset({"embedding", "embeddings"})
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _SDK = "LM Studio's SDK (lmstudio-python, over its websocket API)"
 
 
@@ -184,8 +179,8 @@ class LMStudioProvider(OpenAIBase):
         if self._api is not None:
             order.sort(key=lambda api: api != self._api)
         for api in order:
-            data = await self._optional_get(_LIST_PATHS[api])
-            if isinstance(data, Mapping) and isinstance(data.get(_LIST_KEYS[api]), list):
+            data = await self._optional_get(lms_wire.LIST_PATHS[api])
+            if isinstance(data, Mapping) and isinstance(data.get(lms_wire.LIST_KEYS[api]), list):
                 self._api = api
                 return api, data
         self._api = "none"
@@ -245,8 +240,8 @@ class LMStudioProvider(OpenAIBase):
         api, data = await self._listing()
         if api == "none":
             return await super().list_downloaded_models()
-        parse = _v1_model if api == "v1" else _v0_model
-        models = [parse(e, self.name) for e in data[_LIST_KEYS[api]] if _valid(e, api)]
+        parse = lms_wire.v1_model if api == "v1" else lms_wire.v0_model
+        models = [parse(e, self.name) for e in data[lms_wire.LIST_KEYS[api]] if lms_wire.valid_entry(e, api)]
         return sorted(models, key=lambda m: "embedding" in m.capabilities)
 
     async def get_model_info(self, model: str) -> ModelInfo:
@@ -293,7 +288,7 @@ class LMStudioProvider(OpenAIBase):
                 )
             await asyncio.sleep(self.config.download_poll_interval_seconds)
             data = await self._job_answer(job_id, model)
-            status = self._job_status(_find_job(data, job_id), model, meter)
+            status = self._job_status(lms_wire.find_job(data, job_id), model, meter)
             yield status
 
     async def _job_answer(self, job_id: str, model: str) -> Any:
@@ -317,8 +312,8 @@ class LMStudioProvider(OpenAIBase):
                 model=model,
             )
         state = job["status"]
-        done = _int(job.get("downloaded_bytes")) or 0
-        total = _int(job.get("total_size_bytes"))
+        done = lms_wire.int_field(job.get("downloaded_bytes")) or 0
+        total = lms_wire.int_field(job.get("total_size_bytes"))
         if state in ("completed", "already_downloaded"):
             if total is not None:
                 meter.status = dataclasses.replace(meter.status, total_bytes=total)
@@ -352,19 +347,23 @@ class LMStudioProvider(OpenAIBase):
                 "server has no REST API (LM Studio 0.3.6 or newer) that tells which are loaded.",
             )
         loaded: list[LoadedModel] = []
-        for entry in data[_LIST_KEYS[api]]:
-            if not _valid(entry, api):
+        for entry in data[lms_wire.LIST_KEYS[api]]:
+            if not lms_wire.valid_entry(entry, api):
                 continue
-            size = _int(entry.get("size_bytes"))
+            size = lms_wire.int_field(entry.get("size_bytes"))
             if api == "v0":
                 if entry.get("state") == "loaded":
-                    ctx = _int(entry.get("loaded_context_length"))
+                    ctx = lms_wire.int_field(entry.get("loaded_context_length"))
                     loaded.append(LoadedModel(str(entry["id"]), self.name, size, context_size=ctx))
                 continue
             for inst in entry.get("loaded_instances") or ():
                 if isinstance(inst, Mapping) and inst.get("id"):
                     config = inst.get("config")
-                    ctx = _int(config.get("context_length")) if isinstance(config, Mapping) else None
+                    ctx = (
+                        lms_wire.int_field(config.get("context_length"))
+                        if isinstance(config, Mapping)
+                        else None
+                    )
                     loaded.append(LoadedModel(str(inst["id"]), self.name, size, context_size=ctx))
         return loaded
 
@@ -377,7 +376,7 @@ class LMStudioProvider(OpenAIBase):
         known = False
         ids: list[str] = []
         for entry in data["models"]:
-            if not _valid(entry, api):
+            if not lms_wire.valid_entry(entry, api):
                 continue
             instances = [
                 str(i["id"])
@@ -436,7 +435,7 @@ class LMStudioProvider(OpenAIBase):
 
     # -- generation -----------------------------------------------------------------------
     def _with_ttl(self, body: dict[str, Any], options: GenerationOptions | None) -> dict[str, Any]:
-        ttl = _seconds(options.keep_alive) if options is not None else None
+        ttl = lms_wire.ttl_seconds(options.keep_alive) if options is not None else None
         if ttl is None:
             ttl = self.config.ttl_seconds
         if ttl is not None:
@@ -457,128 +456,3 @@ class LMStudioProvider(OpenAIBase):
         """Stream a chat reply from ``POST /v1/chat/completions`` (with ``ttl`` as above)."""
         body = wire.build_chat(model, as_messages(messages), options)
         return self._sse("/v1/chat/completions", self._with_ttl(body, options), model)
-
-
-# -- parsing (sans I/O) ------------------------------------------------------------------------
-
-
-def _int(value: Any) -> int | None:
-    """An integer field, or ``None`` (JSON numbers may come as floats)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value)
-
-
-def _seconds(value: float | str | None) -> int | None:
-    """``keep_alive`` as whole seconds for LM Studio's ``ttl`` (``None`` when unset, not
-    positive, or unreadable).
-
-    >>> _seconds(300), _seconds("5m"), _seconds("90s"), _seconds(-1), _seconds("forever")
-    (300, 300, 90, None, None)
-    """
-    if value is None or isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(value)
-        if match is None:
-            return None
-        seconds = float(match[1]) * _UNITS[match[2] or "s"]
-    return max(1, round(seconds)) if seconds > 0 else None
-
-
-def _valid(entry: Any, api: str) -> bool:
-    key = "key" if api == "v1" else "id"
-    return isinstance(entry, Mapping) and isinstance(entry.get(key), str) and bool(entry[key])
-
-
-def _kind(model_type: Any) -> tuple[str, ...]:
-    if model_type in _EMBEDDING_TYPES:
-        return ("embedding",)
-    if model_type == "vlm":
-        return ("completion", "vision")
-    return ("completion",)
-
-
-def _v1_model(entry: Mapping[str, Any], provider: str) -> ModelInfo:
-    """One entry of ``GET /api/v1/models``."""
-    caps = list(_kind(entry.get("type")))
-    flags = entry.get("capabilities")
-    if isinstance(flags, Mapping):
-        if flags.get("vision") and "vision" not in caps:
-            caps.append("vision")
-        if flags.get("trained_for_tool_use"):
-            caps.append("tools")
-        if flags.get("reasoning"):
-            caps.append("thinking")
-    quant = entry.get("quantization")
-    quant_name = quant.get("name") if isinstance(quant, Mapping) else None
-    instances = [i for i in entry.get("loaded_instances") or () if isinstance(i, Mapping)]
-    metadata = {
-        "type": str(entry.get("type") or "llm"),
-        "state": "loaded" if instances else "not-loaded",
-        "loaded_instances": str(len(instances)),
-    }
-    for field in ("publisher", "display_name", "selected_variant"):
-        if entry.get(field):
-            metadata[field] = str(entry[field])
-    if isinstance(quant, Mapping) and quant.get("bits_per_weight") is not None:
-        metadata["bits_per_weight"] = str(quant["bits_per_weight"])
-    config = instances[0].get("config") if instances else None
-    if isinstance(config, Mapping) and config.get("context_length") is not None:
-        metadata["loaded_context_length"] = str(config["context_length"])
-    key = str(entry["key"])
-    return ModelInfo(
-        id=key,
-        name=key,
-        provider=provider,
-        installed=True,
-        size_bytes=_int(entry.get("size_bytes")),
-        context_size=_int(entry.get("max_context_length")),
-        description=str(entry.get("description") or entry.get("display_name") or ""),
-        family=entry.get("architecture") or None,
-        parameter_size=entry.get("params_string") or None,
-        quantization=quant_name or None,
-        format=entry.get("format") or None,
-        capabilities=tuple(caps),
-        metadata=metadata,
-    )
-
-
-def _v0_model(entry: Mapping[str, Any], provider: str) -> ModelInfo:
-    """One entry of ``GET /api/v0/models``."""
-    caps = list(_kind(entry.get("type")))
-    for cap in entry.get("capabilities") or ():
-        caps.append("tools" if cap == "tool_use" else str(cap))
-    metadata = {
-        "type": str(entry.get("type") or "llm"),
-        "state": str(entry.get("state") or "not-loaded"),
-    }
-    for field in ("publisher", "loaded_context_length"):
-        if entry.get(field) is not None:
-            metadata[field] = str(entry[field])
-    model_id = str(entry["id"])
-    return ModelInfo(
-        id=model_id,
-        name=model_id,
-        provider=provider,
-        installed=True,
-        context_size=_int(entry.get("max_context_length")),
-        family=entry.get("arch") or None,
-        quantization=entry.get("quantization") or None,
-        format=entry.get("compatibility_type") or None,
-        capabilities=tuple(caps),
-        metadata=metadata,
-    )
-
-
-def _find_job(data: Any, job_id: str) -> Any:
-    """The job object of a status answer: ``/status/:job_id`` gives it directly; the older
-    ``/status`` listing groups jobs by state (``downloading``, ``completed``...)."""
-    if isinstance(data, Mapping) and "status" not in data:
-        for group in ("downloading", "paused", "completed", "failed"):
-            for job in data.get(group) or ():
-                if isinstance(job, Mapping) and job.get("job_id") == job_id:
-                    return {"status": group, **job}
-    return data

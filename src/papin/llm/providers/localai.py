@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
-import re
 from collections.abc import AsyncGenerator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from pydantic import Field
@@ -49,63 +46,15 @@ from papin.llm.errors import (
 from papin.llm.progress import ProgressMeter
 from papin.llm.provider import ProviderConfig
 from papin.llm.providers._openai import OpenAIBase, OpenAICompatibleConfig
+from papin.llm.wire import localai as localai_wire
 from papin.llm.wire import openai as wire
-
-if TYPE_CHECKING:
-    pass
+from papin.llm.wire.localai import error_text, parse_size
 
 __all__ = ["LocalAIConfig", "LocalAIProvider", "parse_size"]
 
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGTPE]?)(i?)B\s*$", re.IGNORECASE)
-_URL_PREFIXES = ("github:", "http://", "https://", "huggingface://", "hf://", "oci://", "ollama://")
 #: How long a fresh job may be unknown to ``/models/jobs`` (older servers publish its status
 #: only once a worker picks it up).
 _JOB_GRACE_SECONDS = 10.0
-
-
-def parse_size(text: Any) -> int | None:
-    """Bytes of a size as LocalAI writes it (``"1.2 GiB"``, ``"300 MB"``, ``"512 B"``).
-
-    >>> parse_size("1.5 KiB"), parse_size("2 MB"), parse_size("512 B"), parse_size("")
-    (1536, 2000000, 512, None)
-    """
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return int(text)
-    if not isinstance(text, str):
-        return None
-    match = _SIZE.match(text)
-    if match is None:
-        return None
-    number, prefix, binary = float(match[1]), match[2].upper(), bool(match[3])
-    power = "KMGTPE".index(prefix) + 1 if prefix else 0
-    return int(number * (1024 if binary else 1000) ** power)
-
-
-def error_text(body: bytes, content_type: str | None = None) -> str:
-    """The message of a LocalAI error body, in every version's shape.
-
-    >>> error_text(b'{"error":{"code":401,"message":"An authentication key is required","type":""}}')
-    'An authentication key is required'
-    >>> error_text(b'{"message":"Invalid API key"}')
-    'Invalid API key'
-    >>> error_text(b'{"error":{"code":400,"message":"code=400, message=failed parsing request body"}}')
-    'failed parsing request body'
-    >>> error_text(b'{"status":"starting","reason":"startup preload in progress"}')
-    'starting: startup preload in progress'
-    >>> error_text(b'<html><head><title>LocalAI - Login</title></head><body>Login</body></html>')
-    'an HTML login page instead of an API answer (the API key is missing or wrong)'
-    """
-    text = body.decode("utf-8", "replace").strip()
-    html = wire.is_html(text, content_type)
-    if html and "login" in text.lower():
-        return "an HTML login page instead of an API answer (the API key is missing or wrong)"
-    if not html:
-        with contextlib.suppress(ValueError):
-            data = json.loads(text)
-            if isinstance(data, Mapping) and data.get("status") and "error" not in data:
-                reason = data.get("reason")
-                return f"{data['status']}: {reason}" if reason else str(data["status"])
-    return wire.error_text(body, content_type)  # also drops echo's "code=N, message=" prefix
 
 
 class LocalAIConfig(OpenAICompatibleConfig):
@@ -121,53 +70,6 @@ class LocalAIConfig(OpenAICompatibleConfig):
     )
 
     api_key_env: ClassVar[str | None] = "LOCALAI_API_KEY"
-
-
-@dataclasses.dataclass(slots=True)
-class _JobTracker:
-    """Turns successive ``OpStatus`` readings into bytes done and total, over all files."""
-
-    files_done: int = 0
-    file_name: str | None = None
-    file_total: int = 0
-
-    def bytes(self, job: Mapping[str, Any]) -> tuple[int, int | None]:
-        current, total = job.get("current_bytes"), job.get("total_bytes")
-        if isinstance(total, int) and total > 0:
-            return (current if isinstance(current, int) else 0), total
-        name = job.get("file_name") or None
-        file_total = parse_size(job.get("file_size"))
-        done = parse_size(job.get("downloaded_size"))
-        if name is not None and name != self.file_name:
-            if self.file_name is not None:
-                self.files_done += self.file_total
-            self.file_name, self.file_total = name, 0
-        if file_total:
-            self.file_total = file_total
-        if self.file_name is None:
-            return self.files_done, self.files_done or None
-        return self.files_done + (done or 0), self.files_done + self.file_total or None
-
-
-def _job_failed(job: Mapping[str, Any]) -> bool:
-    """LocalAI's own rule: ``message`` starting with ``error``, or an ``error`` set.
-
-    Up to v4.3 ``error`` is ``{}`` when set (a marshalled Go error), ``null`` when not;
-    since v4.4 it is a string, left out when there is none.
-    """
-    error = job.get("error")
-    message = str(job.get("message") or "")
-    return (error is not None and error != "") or message.lower().startswith("error")
-
-
-def _job_reason(job: Mapping[str, Any]) -> str:
-    message = str(job.get("message") or "").strip()
-    if message.lower().startswith("error:"):
-        message = message[len("error:") :].strip()
-    error = job.get("error")
-    if not message and isinstance(error, str):
-        message = error
-    return message or "unknown error"
 
 
 class LocalAIProvider(OpenAIBase):
@@ -305,37 +207,10 @@ class LocalAIProvider(OpenAIBase):
                 "than a list of gallery models.",
                 provider=self.name,
             )
-        entries = (self._gallery_model(e) for e in data if isinstance(e, Mapping))
+        entries = (localai_wire.gallery_model(e, self.name) for e in data if isinstance(e, Mapping))
         gallery = [m for m in entries if m is not None]
         names = {m.name for m in gallery}
         return gallery + [m for m in installed if m.id not in names]
-
-    def _gallery_model(self, entry: Mapping[str, Any]) -> ModelInfo | None:
-        name = entry.get("name")
-        if not isinstance(name, str) or not name:
-            return None
-        source = entry.get("gallery")
-        gallery_name = source.get("name") if isinstance(source, Mapping) else None
-        metadata = {
-            key: str(entry[key])
-            for key in ("license", "backend", "url", "icon")
-            if isinstance(entry.get(key), str) and entry[key]
-        }
-        if gallery_name:
-            metadata["gallery"] = str(gallery_name)
-        tags = entry.get("tags")
-        if isinstance(tags, list) and tags:
-            metadata["tags"] = ",".join(str(t) for t in tags)
-        return ModelInfo(
-            id=f"{gallery_name}@{name}" if gallery_name else name,
-            name=name,
-            provider=self.name,
-            installed=bool(entry.get("installed")),
-            size_bytes=parse_size(entry.get("size")),
-            description=str(entry.get("description") or "").strip(),
-            download_url=entry["url"] if isinstance(entry.get("url"), str) else None,
-            metadata=metadata,
-        )
 
     async def get_model_info(self, model: str) -> ModelInfo:
         """An installed model from ``/v1/models``, else its gallery entry."""
@@ -389,11 +264,6 @@ class LocalAIProvider(OpenAIBase):
                     "POST", f"/api/operations/{job}/cancel", timeout=self._short_timeout()
                 )
 
-    def _apply_body(self, model: str) -> dict[str, Any]:
-        if model.startswith(_URL_PREFIXES):
-            return {"url": model}
-        return {"id": model}
-
     async def pull_model(self, model: str) -> AsyncGenerator[DownloadStatus, None]:
         """Install ``model`` from the gallery, yielding progress until the job completes.
 
@@ -411,11 +281,11 @@ class LocalAIProvider(OpenAIBase):
             DownloadError: the job failed (the server's message is kept) or was cancelled on
                 the server.
         """
-        job = await self._start_job("/models/apply", self._apply_body(model), model)
+        job = await self._start_job("/models/apply", localai_wire.apply_body(model), model)
         loop = asyncio.get_running_loop()
         started = loop.time()
         meter = ProgressMeter(model)
-        tracker = _JobTracker()
+        tracker = localai_wire.JobTracker()
         finished = False
         try:
             while True:
@@ -429,20 +299,11 @@ class LocalAIProvider(OpenAIBase):
                     return
                 else:
                     done, total = tracker.bytes(data)
-                    yield meter.update(done, total, self._job_text(data))
+                    yield meter.update(done, total, localai_wire.job_text(data))
                 await asyncio.sleep(self.config.gallery_poll_interval_seconds)
         finally:
             if not finished:
                 await self._cancel_job(job)
-
-    @staticmethod
-    def _job_text(data: Mapping[str, Any]) -> str:
-        phase = data.get("phase")
-        if isinstance(phase, str) and phase:
-            return phase
-        if data.get("file_name"):
-            return f"downloading {data['file_name']}"
-        return str(data.get("message") or "processing")
 
     def _raise_if_failed(self, data: Mapping[str, Any], model: str, what: str) -> None:
         if data.get("cancelled"):
@@ -451,9 +312,9 @@ class LocalAIProvider(OpenAIBase):
                 provider=self.name,
                 model=model,
             )
-        if not _job_failed(data):
+        if not localai_wire.job_failed(data):
             return
-        reason = _job_reason(data)
+        reason = localai_wire.job_reason(data)
         if "no model found with name" in reason.lower():
             raise ModelNotFoundError(
                 f"LocalAI has no model '{model}' in its galleries ({reason}). Check the name "
@@ -478,9 +339,9 @@ class LocalAIProvider(OpenAIBase):
         while True:
             data = await self._poll_job(job, model, started)
             if data is not None and data.get("processed"):
-                if _job_failed(data) or data.get("cancelled"):
+                if localai_wire.job_failed(data) or data.get("cancelled"):
                     raise ProviderAPIError(
-                        f"LocalAI could not delete '{model}': {_job_reason(data)}",
+                        f"LocalAI could not delete '{model}': {localai_wire.job_reason(data)}",
                         provider=self.name,
                         model=model,
                     )

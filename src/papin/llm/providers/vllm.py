@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from pydantic import Field
 
@@ -57,17 +57,13 @@ from papin.llm.options import GenerationOptions
 from papin.llm.provider import Messages, ProviderConfig, as_messages
 from papin.llm.providers._openai import OpenAIBase, OpenAICompatibleConfig
 from papin.llm.wire import openai as wire
-
-if TYPE_CHECKING:
-    pass
+from papin.llm.wire import vllm as vllm_wire
 
 __all__ = ["DEFAULT_ENDPOINT", "VLLMConfig", "VLLMProvider"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 #: How to turn LoRA hot-loading on, for error messages.
 _LORA_HOW = "start vLLM with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its environment and --enable-lora"
-#: papin's option name -> vLLM's request field (vLLM ignores unknown fields silently).
-_RENAMED = {"repeat_penalty": "repetition_penalty"}
 
 
 class VLLMConfig(OpenAICompatibleConfig):
@@ -86,40 +82,13 @@ class VLLMConfig(OpenAICompatibleConfig):
     api_key_env: ClassVar[str | None] = "VLLM_API_KEY"
 
 
-def _vllm_body(body: dict[str, Any]) -> dict[str, Any]:
-    """A request body with papin's option names replaced by vLLM's.
-
-    >>> _vllm_body({"model": "m", "repeat_penalty": 1.1})
-    {'model': 'm', 'repetition_penalty': 1.1}
-    """
-    for ours, theirs in _RENAMED.items():
-        if ours in body:
-            value = body.pop(ours)
-            body.setdefault(theirs, value)
-    return body
-
-
-def _route_missing(exc: ProviderError) -> bool:
-    """Whether an error is FastAPI's 404 for a route the server did not register."""
-    return (
-        isinstance(exc, ProviderAPIError)
-        and not isinstance(exc, ModelNotFoundError)
-        and exc.status_code == 404
-        and str(exc.body or "").strip().lower() in ("not found", "")
-    )
-
-
 class VLLMProvider(OpenAIBase):
     """Talks to a vLLM server (``vllm serve MODEL``) through its OpenAI-compatible API."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.VLLM
     display_name: str = "vLLM"
-    description: str = (
-        "vLLM serves models on GPUs behind an OpenAI-compatible API (https://docs.vllm.ai)."
-    )
-    capabilities: frozenset[Capability] = OpenAIBase.capabilities | {
-        Capability.LIST_LOADED
-    }
+    description: str = "vLLM serves models on GPUs behind an OpenAI-compatible API (https://docs.vllm.ai)."
+    capabilities: frozenset[Capability] = OpenAIBase.capabilities | {Capability.LIST_LOADED}
     config_class: ClassVar[type[ProviderConfig]] = VLLMConfig
     config: VLLMConfig
     default_endpoint: ClassVar[str] = DEFAULT_ENDPOINT
@@ -266,7 +235,7 @@ class VLLMProvider(OpenAIBase):
                 timeout=self.config.first_byte_timeout_seconds,
             )
         except ProviderError as exc:
-            if _route_missing(exc):
+            if vllm_wire.route_missing(exc):
                 self._no_runtime_lora("load", model, exc)
             if isinstance(exc, ModelNotFoundError):
                 raise ModelNotFoundError(
@@ -295,7 +264,7 @@ class VLLMProvider(OpenAIBase):
                 "POST", "/v1/unload_lora_adapter", json={"lora_name": model}, model=model
             )
         except ProviderError as exc:
-            if _route_missing(exc):
+            if vllm_wire.route_missing(exc):
                 self._no_runtime_lora("unload", model, exc)
             if not isinstance(exc, ModelNotFoundError):
                 raise
@@ -358,7 +327,7 @@ class VLLMProvider(OpenAIBase):
         try:
             data = await self.transport.request_json("POST", "/tokenize", json=body, model=model)
         except ProviderError as exc:
-            if _route_missing(exc):
+            if vllm_wire.route_missing(exc):
                 raise UnsupportedOperationError(
                     f"vLLM at {self.endpoint} has no /tokenize endpoint (it needs vLLM 0.5 "
                     "or newer); the vLLM provider cannot count tokens there.",
@@ -383,12 +352,12 @@ class VLLMProvider(OpenAIBase):
         self, model: str, prompt: str, options: GenerationOptions | None = None
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a completion from ``POST /v1/completions``."""
-        body = _vllm_body(wire.build_completion(model, prompt, options))
+        body = vllm_wire.request_body(wire.build_completion(model, prompt, options))
         return self._sse("/v1/completions", body, model)
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
     ) -> AsyncGenerator[GenerationChunk, None]:
         """Stream a chat reply from ``POST /v1/chat/completions``."""
-        body = _vllm_body(wire.build_chat(model, as_messages(messages), options))
+        body = vllm_wire.request_body(wire.build_chat(model, as_messages(messages), options))
         return self._sse("/v1/chat/completions", body, model)

@@ -337,9 +337,12 @@ class UrlDownload:
         if self.hf and token:
             headers["authorization"] = f"Bearer {token}"
         await run_blocking(self._open)  # before the try: a part locked by another is not ours
-        transport = HttpTransport(service, timeouts=PhaseTimeouts(connect=15.0, first_byte=60.0, idle=60.0))
+        transport = HttpTransport(
+            service,
+            timeouts=PhaseTimeouts(connect=15.0, first_byte=60.0, idle=60.0),
+            follow_redirects=True,  # the Hub redirects to its CDN
+        )
         try:
-            transport.client.follow_redirects = True  # the Hub redirects to its CDN
             if self.done:
                 yield DownloadStatus(self.meter.model_id, "resuming", bytes_downloaded=self.done)
                 self._digest = await run_blocking(_hash_prefix, self.part, self.done)

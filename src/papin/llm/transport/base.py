@@ -2,11 +2,12 @@
 stream driver every streamed answer runs on (:meth:`HttpProvider.stream_pieces`,
 :meth:`HttpProvider.stream_generation`).
 
-Importing this module does not import httpx: the transport is created on first use.
+Importing this module does not import aiohttp: the transport is created on first use.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncGenerator
@@ -17,11 +18,12 @@ from pydantic import Field, field_validator, model_validator
 from papin.llm.datatypes import GenerationChunk
 from papin.llm.errors import ProviderTimeoutError
 from papin.llm.provider import Provider, ProviderConfig
+from papin.llm.transport.pauses import active_time
 
 if TYPE_CHECKING:
-    import httpx
+    import aiohttp
 
-    from papin.llm.transport.client import HttpTransport, ServiceInfo
+    from papin.llm.transport.client import HttpTransport, ResponseHead, ServiceInfo
     from papin.llm.wire.stream import StreamParser, StreamPiece
 
 __all__ = ["HttpProvider", "HttpProviderConfig"]
@@ -81,7 +83,7 @@ class HttpProvider(Provider):
         self,
         config: HttpProviderConfig | None = None,
         *,
-        http_client: httpx.AsyncClient | None = None,
+        http_client: aiohttp.ClientSession | None = None,
     ) -> None:
         super().__init__(config)
         self._http_client = http_client
@@ -148,7 +150,7 @@ class HttpProvider(Provider):
         """
         content_type = ""
 
-        def seen(response: httpx.Response) -> None:
+        def seen(response: ResponseHead) -> None:
             nonlocal content_type
             content_type = response.headers.get("content-type", "")
 
@@ -157,7 +159,8 @@ class HttpProvider(Provider):
         stream = transport.stream(method, path, json=json, model=model, on_response=seen)
         received = 0
         pieces = 0
-        last = time.monotonic()
+        loop = asyncio.get_running_loop()
+        last = active_time(loop)
         try:
             ended = False
             while not ended:
@@ -169,10 +172,10 @@ class HttpProvider(Provider):
                     batch = parser.feed(data)
                 if not batch:
                     limit = limits.idle if pieces else limits.first_byte
-                    if limit is not None and time.monotonic() - last > limit:
+                    if limit is not None and active_time(loop) - last > limit:
                         raise self._keepalive_timeout(limit, pieces, model)
                     continue
-                last = time.monotonic()
+                last = active_time(loop)
                 for index, piece in enumerate(batch):
                     if piece.error is not None:
                         if index:

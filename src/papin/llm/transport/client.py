@@ -1,14 +1,15 @@
 """The HTTP transport shared by every HTTP provider, and papin's single error boundary.
 
-* One ``httpx.AsyncClient`` per provider, over the aiohttp transport of ``httpx-aiohttp``
-  (measured ~6x the throughput of httpx's default async transport at 32-way concurrency).
+* One ``aiohttp.ClientSession`` per provider (created on first use, inside the event loop):
+  aiohttp's C HTTP parser and connection pool cost a fraction of httpx's per request (see
+  ``bench/bench_client.py``), and papin needs nothing of a higher-level client API.
 * Per-phase timeouts: ``connect``; ``first_byte`` (long enough for a cold model load);
   ``idle`` between stream chunks; ``request`` for short management calls. Time the caller
   spends between chunks is never counted against the server.
 * :func:`map_transport_errors` and :func:`error_for_response` are the only places where
   transport exceptions and HTTP error statuses become :class:`~papin.llm.errors.ProviderError`.
 
-This module imports httpx, so providers import it lazily (``import papin.llm`` stays light).
+This module imports aiohttp, so providers import it lazily (``import papin.llm`` stays light).
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ import asyncio
 import functools
 import json as jsonlib
 import ssl
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 
-import httpx
+import aiohttp
 
 from papin.llm.errors import (
+    ConfigurationError,
     ProtocolError,
     ProviderError,
     ProviderTimeoutError,
@@ -35,12 +37,14 @@ from papin.llm.transport.errors import (
     model_missing,
     parse_retry_after,
 )
+from papin.llm.transport.pauses import active_time
 
 __all__ = [
     "HttpClient",
     "HttpResponse",
     "HttpTransport",
     "PhaseTimeouts",
+    "ResponseHead",
     "ServiceInfo",
     "error_for_response",
     "map_transport_errors",
@@ -49,13 +53,33 @@ __all__ = [
     "shared_ssl_context",
 ]
 
-#: The client a provider may be given (``http_client=``) and the response hooks see.
-HttpClient = httpx.AsyncClient
-HttpResponse = httpx.Response
+#: The client session a provider may be given (``http_client=``); papin does not close it.
+HttpClient = aiohttp.ClientSession
 
 T = TypeVar("T")
 
+_JSON_HEADERS = {"content-type": "application/json"}
+_MAX_URLS = 512
 
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    """Status, headers (case-insensitive) and URL of a response, and of the redirects before it."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    url: str
+    history: tuple[ResponseHead, ...] = ()
+
+    @classmethod
+    def of(cls, response: aiohttp.ClientResponse) -> ResponseHead:
+        """The head of an aiohttp response."""
+        history = tuple(cls.of(r) for r in response.history)
+        return cls(response.status, response.headers, str(response.url), history)
+
+
+#: What a response hook (``on_response``) and :meth:`HttpTransport.request` give back.
+HttpResponse = ResponseHead
 @dataclass(frozen=True, slots=True)
 class PhaseTimeouts:
     """Timeouts in seconds for each phase of a request (``None`` = no limit)."""
@@ -89,8 +113,9 @@ class _PhaseClock:
             return await awaitable
         # The task can change between calls (the sync facade drives a stream chunk by chunk).
         self._task = asyncio.current_task()
-        self._phase, self._limit, self._started = phase, limit, self._loop.time()
-        due = self._started + limit
+        # active_time: the time the sync facade's loop stands stopped is the caller's
+        self._phase, self._limit, self._started = phase, limit, active_time(self._loop)
+        due = self._loop.time() + limit
         # The timer is lazy (it re-arms itself when it fires early), but it must never fire
         # late: a shorter phase after a longer one (idle after first_byte) re-arms it now.
         if self._handle is None or self._handle.when() > due:
@@ -110,9 +135,9 @@ class _PhaseClock:
         self._handle = None
         if self._limit is None or self._task is None:
             return
-        due = self._started + self._limit
-        if self._loop.time() < due:
-            self._handle = self._loop.call_at(due, self._fire)
+        left = self._started + self._limit - active_time(self._loop)
+        if left > 0:
+            self._handle = self._loop.call_at(self._loop.time() + left, self._fire)
             return
         self.expired = (self._phase, self._limit)
         self._task.cancel()
@@ -155,76 +180,81 @@ class HttpTransport:
         ca_bundle: str | None = None,
         timeouts: PhaseTimeouts | None = None,
         max_response_bytes: int = 64 * 1024 * 1024,
-        client: httpx.AsyncClient | None = None,
+        client: aiohttp.ClientSession | None = None,
+        follow_redirects: bool = False,
     ) -> None:
         self.service = service
         self.timeouts = timeouts or PhaseTimeouts()
         self.max_response_bytes = max_response_bytes
+        self.follow_redirects = follow_redirects
         self._headers = {"accept": "application/json", "user-agent": "papin", **(headers or {})}
         self._verify_ssl = verify_ssl
         self._ca_bundle = ca_bundle
-        self._client = client
-        self._owns_client = client is None
-        self._own_transport: httpx.AsyncBaseTransport | None = None
+        self._session = client
+        self._owns_session = client is None
+        self._base = service.base_url.rstrip("/")
+        self._urls: dict[str, str] = {}
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        """The underlying client, created on first use."""
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
+    def session(self) -> aiohttp.ClientSession:
+        """The underlying session, created on first use (inside the running event loop)."""
+        if self._session is None:
+            self._session = self._make_session()
+        return self._session
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def _ssl(self) -> ssl.SSLContext | bool:
+        """aiohttp's own verifying context (loaded once at its import) unless the settings need
+        another: loading the system's certificates again costs ~40 ms."""
+        if self._verify_ssl and self._ca_bundle is None:
+            return True
         try:
             return shared_ssl_context(self._ca_bundle, self._verify_ssl)
         except (OSError, ssl.SSLError) as exc:
-            from papin.llm.errors import ConfigurationError
-
             raise ConfigurationError(
                 f"Cannot read the CA bundle {self._ca_bundle!r}: {exc}",
                 provider=self.service.provider,
             ) from exc
 
-    def _make_client(self) -> httpx.AsyncClient:
-        from httpx_aiohttp import AiohttpTransport
-
-        timeout = httpx.Timeout(connect=self.timeouts.connect, read=None, write=None, pool=None)
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
-        transport = AiohttpTransport(verify=self._ssl_context(), limits=limits)
-        self._own_transport = transport
-        client = httpx.AsyncClient(
-            base_url=self.service.base_url,
-            headers=self._headers,
-            timeout=timeout,
-            transport=transport,
-            trust_env=False,
+    def _make_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=0, ssl=self._ssl())
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect)
+        return aiohttp.ClientSession(
+            connector=connector, headers=self._headers, timeout=timeout, trust_env=False
         )
-        # httpx's default "Connection: keep-alive" makes aiohttp reuse a connection that the
-        # server closes ("Connection: close", e.g. llama-server's router): the next POST then
-        # fails to write. Without the header aiohttp honours the server's choice.
-        if not any(key.lower() == "connection" for key in self._headers):
-            del client.headers["connection"]
-        return client
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send ``request``; the response body is left unread (streamed).
+    def _url(self, path: str) -> str:
+        url = self._urls.get(path)
+        if url is None:
+            url = path if "://" in path else f"{self._base}{path}"
+            if len(self._urls) < _MAX_URLS:
+                self._urls[path] = url
+        return url
 
-        With the client papin created, the request goes to its aiohttp transport directly:
-        ``AsyncClient.send`` adds only what papin does not use (cookie jar, redirects, auth
-        flows, event hooks, an INFO log line, one more stream wrapper per chunk), and it
-        costs about a fifth of the CPU of a local request. A client given by the caller, or
-        one set to follow redirects (model downloads), is used through ``send`` as usual.
-        """
-        if self._own_transport is not None and not self.client.follow_redirects:
-            return await self._own_transport.handle_async_request(request)
-        return await self.client.send(request, stream=True)
+    async def _send(
+        self, method: str, path: str, json: Any, headers: dict[str, str] | None
+    ) -> aiohttp.ClientResponse:
+        """Send a request; the response body is left unread (streamed)."""
+        data: bytes | None = None
+        if json is not None:
+            try:
+                text = jsonlib.dumps(json, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                raise ConfigurationError(
+                    f"The request to {self.service.display_name} cannot be sent as JSON: {exc}. Check "
+                    "the values in the options (NaN, infinity and objects are not valid JSON).",
+                    provider=self.service.provider,
+                ) from exc
+            data = text.encode()
+            headers = {**_JSON_HEADERS, **headers} if headers else _JSON_HEADERS
+        return await self.session.request(
+            method, self._url(path), data=data, headers=headers, allow_redirects=self.follow_redirects
+        )
 
     async def aclose(self) -> None:
-        """Close the connection pool (only if this transport created the client)."""
-        client, self._client = self._client, None
-        self._own_transport = None
-        if client is not None and self._owns_client:
-            await client.aclose()
+        """Close the connection pool (only if this transport created the session)."""
+        session, self._session = self._session, None
+        if session is not None and self._owns_session:
+            await session.close()
 
     def _raise_timeout(self, clock: _PhaseClock, model: str | None) -> NoReturn:
         phase, limit = clock.expired or ("idle", self.timeouts.idle or 0.0)
@@ -237,17 +267,16 @@ class HttpTransport:
             model=model,
         )
 
-    async def _read_body(self, response: httpx.Response, clock: _PhaseClock | None) -> bytes:
+    async def _read_body(self, response: aiohttp.ClientResponse, clock: _PhaseClock | None) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        iterator = response.aiter_raw().__aiter__()
+        content = response.content
         while True:
-            try:
-                if clock is None:
-                    chunk = await iterator.__anext__()
-                else:
-                    chunk = await clock.run(iterator.__anext__(), "idle", self.timeouts.idle)
-            except StopAsyncIteration:
+            if clock is None:
+                chunk = await content.readany()
+            else:
+                chunk = await clock.run(content.readany(), "idle", self.timeouts.idle)
+            if not chunk:
                 break
             size += len(chunk)
             if size > self.max_response_bytes:
@@ -267,18 +296,17 @@ class HttpTransport:
         json: Any = None,
         model: str | None = None,
         timeout: float | None = None,
-    ) -> tuple[httpx.Response, bytes]:
+    ) -> tuple[ResponseHead, bytes]:
         """Send a request and read the whole body; raises on an error status."""
         limit = timeout if timeout is not None else self.timeouts.request
-        request = self.client.build_request(method, path, json=json)
         try:
             async with asyncio.timeout(limit):
                 with map_transport_errors(self.service, model=model):
-                    response = await self._send(request)
+                    response = await self._send(method, path, json, None)
                     try:
                         body = await self._read_body(response, None)
                     finally:
-                        await response.aclose()
+                        response.release()
         except ProviderError:
             raise  # a ProviderTimeoutError (connect) is a TimeoutError too: keep its phase
         except TimeoutError:
@@ -290,11 +318,11 @@ class HttpTransport:
                 provider=self.service.provider,
                 model=model,
             ) from None
-        if response.status_code >= 400:
+        if response.status >= 400:
             raise error_for_response(
-                self.service, response.status_code, body, response.headers, path=path, model=model
+                self.service, response.status, body, response.headers, path=path, model=model
             )
-        return response, body
+        return ResponseHead.of(response), body
 
     async def request_json(
         self,
@@ -340,7 +368,7 @@ class HttpTransport:
         json: Any = None,
         model: str | None = None,
         headers: dict[str, str] | None = None,
-        on_response: Callable[[httpx.Response], None] | None = None,
+        on_response: Callable[[ResponseHead], None] | None = None,
     ) -> AsyncGenerator[bytes, None]:
         """Yield the raw body chunks of a streamed answer.
 
@@ -350,18 +378,17 @@ class HttpTransport:
         ``on_response`` sees the (successful) response's status and headers before the body.
         """
         clock = _PhaseClock()
-        request = self.client.build_request(method, path, json=json, headers=headers)
-        response: httpx.Response | None = None
+        response: aiohttp.ClientResponse | None = None
         try:
             with map_transport_errors(self.service, model=model):
                 response = await clock.run(
-                    self._send(request), "first_byte", self.timeouts.first_byte
+                    self._send(method, path, json, headers), "first_byte", self.timeouts.first_byte
                 )
-                if response.status_code >= 400:
+                if response.status >= 400:
                     body = await self._read_body(response, clock)
                     raise error_for_response(
                         self.service,
-                        response.status_code,
+                        response.status,
                         body,
                         response.headers,
                         path=path,
@@ -375,16 +402,15 @@ class HttpTransport:
                         "proxy in the way?",
                         provider=self.service.provider,
                         model=model,
-                        status_code=response.status_code,
+                        status_code=response.status,
                     )
                 if on_response is not None:
-                    on_response(response)
-                iterator = response.aiter_raw().__aiter__()
+                    on_response(ResponseHead.of(response))
+                content = response.content
                 phase, limit = "first_byte", self.timeouts.first_byte
                 while True:
-                    try:
-                        chunk = await clock.run(iterator.__anext__(), phase, limit)
-                    except StopAsyncIteration:
+                    chunk = await clock.run(content.readany(), phase, limit)
+                    if not chunk:
                         break
                     phase, limit = "idle", self.timeouts.idle
                     yield chunk
@@ -395,7 +421,7 @@ class HttpTransport:
         finally:
             clock.close()
             if response is not None:
-                await response.aclose()
+                response.release()  # closes the connection unless the body was read to its end
 
     async def finish_stream(
         self, stream: AsyncGenerator[bytes, None], *, wait: float = 0.25, max_bytes: int = 64 * 1024

@@ -8,15 +8,18 @@ import contextlib
 import email.utils
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
+from aiohttp import http_exceptions
 
 from papin.llm.errors import (
     AuthenticationError,
+    ConfigurationError,
     ModelNotFoundError,
+    ProtocolError,
     ProviderAPIError,
     ProviderError,
     ProviderTimeoutError,
@@ -106,7 +109,7 @@ def error_for_response(
     service: ServiceInfo,
     status: int,
     body: bytes,
-    headers: httpx.Headers | dict[str, str],
+    headers: Mapping[str, str],
     *,
     path: str,
     model: str | None = None,
@@ -154,48 +157,68 @@ def not_running(service: ServiceInfo, reason: str) -> str:
 
 
 def classify(exc: BaseException) -> tuple[str, str]:
-    """Classify a transport failure as (kind, reason). Kinds: ``refused`` (nothing listening or
-    unreachable), ``connect_timeout``, ``tls``, ``lost`` (dropped mid-request), ``other``.
+    """Classify a transport failure as (kind, reason), for every exception aiohttp's client can
+    raise (``aiohttp.client_exceptions`` and ``aiohttp.http_exceptions``) and the OS and TLS
+    errors under them. Kinds:
 
-    httpx-aiohttp maps most aiohttp connection errors to ``httpx.ConnectTimeout``, so the
-    original aiohttp exception (``__cause__``) decides when there is one.
+    * ``refused``: nothing listens, or the host cannot be reached or resolved;
+    * ``connect_timeout``: no connection within the connect limit;
+    * ``tls``: the TLS handshake or the certificate failed;
+    * ``lost``: the connection dropped or the body was cut off mid-answer;
+    * ``malformed``: the server's HTTP is broken (status line, headers, chunked framing,
+      content length or encoding);
+    * ``redirect``: too many redirects, or one to a URL papin cannot follow;
+    * ``invalid_url``: the URL itself is unusable;
+    * ``other``.
     """
-    cause = exc.__cause__ if exc.__cause__ is not None else exc
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - aiohttp is a dependency
-        aiohttp = None  # type: ignore[assignment]
-    if aiohttp is not None and isinstance(cause, aiohttp.ClientError):
-        if isinstance(cause, aiohttp.ClientSSLError):
-            return "tls", str(cause)
-        if isinstance(cause, aiohttp.ConnectionTimeoutError):
-            return "connect_timeout", "connect timed out"
-        if isinstance(cause, aiohttp.ClientConnectorError):
-            err = cause.os_error
-            if isinstance(err, ConnectionRefusedError):
-                return "refused", "connection refused"
-            return "refused", str(err) or "cannot connect"
-        if isinstance(cause, aiohttp.ServerDisconnectedError):
-            return "lost", "the server closed the connection"
-        if isinstance(cause, aiohttp.ClientPayloadError):
-            return "lost", f"the response was cut off: {cause}"
-        if isinstance(cause, aiohttp.ClientOSError) and isinstance(
-            cause.__cause__ or cause, ConnectionResetError
-        ):
-            return "lost", "connection reset by the server"
-        return "lost", str(cause) or type(cause).__name__
-    if isinstance(cause, ssl.SSLError):
-        return "tls", str(cause)
-    if isinstance(exc, httpx.ConnectTimeout):
+    c = aiohttp
+    if isinstance(exc, c.ClientSSLError | c.ServerFingerprintMismatch):  # before ClientConnectorError
+        return "tls", str(exc)
+    if isinstance(exc, c.ConnectionTimeoutError):
         return "connect_timeout", "connect timed out"
-    if isinstance(exc, httpx.ConnectError):
-        text = str(cause).lower()
-        return "refused", "connection refused" if "refused" in text else (str(cause) or "cannot connect")
-    if isinstance(cause, ConnectionResetError):
+    if isinstance(exc, c.SocketTimeoutError):
+        return "lost", "the server stopped sending (socket read timeout)"
+    if isinstance(exc, c.ClientConnectorDNSError):
+        return "refused", f"cannot resolve the host name: {exc.os_error}"
+    if isinstance(exc, c.ClientConnectorError):  # proxy and unix-socket variants included
+        err = exc.os_error
+        if isinstance(err, ConnectionRefusedError):
+            return "refused", "connection refused"
+        return "refused", str(err) or "cannot connect"
+    if isinstance(exc, c.ServerDisconnectedError):
+        return "lost", "the server closed the connection"
+    if isinstance(exc, c.ClientPayloadError):
+        cause = exc.__cause__
+        if isinstance(cause, http_exceptions.HttpProcessingError) and not _cut_off(cause):
+            return "malformed", f"the response body is malformed: {_processing_text(cause)}"
+        return "lost", f"the response was cut off: {_processing_text(cause) if cause else exc}"
+    if isinstance(exc, c.TooManyRedirects | c.RedirectClientError):
+        return "redirect", str(exc) or type(exc).__name__
+    if isinstance(exc, c.InvalidURL | c.NonHttpUrlClientError):
+        return "invalid_url", str(exc) or type(exc).__name__
+    if isinstance(exc, c.ClientResponseError):  # the head or framing could not be parsed
+        return "malformed", exc.message or f"unreadable response ({exc.status})"
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        return "malformed", _processing_text(exc)
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | c.ClientConnectionResetError):
         return "lost", "connection reset by the server"
-    if isinstance(exc, (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError)):
-        return "lost", str(cause) or type(cause).__name__
-    return "other", str(cause) or type(cause).__name__
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused", "connection refused"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return "tls", str(exc)
+    if isinstance(exc, c.ClientOSError | c.ServerConnectionError | c.ClientConnectionError | OSError):
+        return "lost", str(exc) or type(exc).__name__
+    return "other", str(exc) or type(exc).__name__
+
+
+def _processing_text(exc: BaseException) -> str:
+    message = exc.message if isinstance(exc, http_exceptions.HttpProcessingError) else str(exc)
+    return str(message or type(exc).__name__).strip().rstrip(".")
+
+
+def _cut_off(exc: http_exceptions.HttpProcessingError) -> bool:
+    """Whether a body error means the connection ended early (not that the framing is bad)."""
+    return "not enough data" in str(exc.message).lower()
 
 
 #: OpenSSL errors meaning the server answered a TLS handshake with something else (plain HTTP).
@@ -210,43 +233,60 @@ _NOT_TLS = (
 
 @contextlib.contextmanager
 def map_transport_errors(service: ServiceInfo, *, model: str | None = None) -> Iterator[None]:
-    """Translate httpx/aiohttp/OS transport exceptions into :class:`ProviderError`."""
+    """Translate aiohttp, TLS and OS transport exceptions into :class:`ProviderError`.
+
+    A plain ``TimeoutError`` is a phase timeout and passes through (the caller turns it into a
+    :class:`ProviderTimeoutError` naming the phase); aiohttp's own timeouts are mapped here.
+    """
     kw: dict[str, Any] = {"provider": service.provider, "model": model}
     where = f"{service.display_name} at {service.base_url}"
     try:
         yield
-    except (ProviderError, TimeoutError):
-        raise  # TimeoutError: a phase timeout, turned into ProviderTimeoutError by the caller
-    except httpx.UnsupportedProtocol as exc:
-        raise ProviderUnavailableError(
-            f"Cannot connect to {service.base_url}: {exc}. Use an http:// or https:// URL.", **kw
-        ) from exc
-    except (httpx.TransportError, ssl.SSLError, OSError) as exc:
-        kind, reason = classify(exc)
-        if kind == "refused":
-            raise ProviderUnavailableError(not_running(service, reason), **kw) from exc
-        if kind == "connect_timeout":
-            raise ProviderTimeoutError(
-                f"Timed out connecting to {where}. Check that the address is right and reachable.",
-                phase="connect",
-                **kw,
-            ) from exc
-        if kind == "tls" and any(s in reason.lower() for s in _NOT_TLS):
-            raise ProviderUnavailableError(
-                f"{where} does not answer TLS (https) on that port ({reason}). If it serves "
-                "plain HTTP, use an http:// endpoint.",
-                **kw,
-            ) from exc
-        if kind == "tls":
-            raise ProviderUnavailableError(
-                f"TLS error talking to {where}: {reason}. Set verify_ssl to false, or ca_bundle "
-                "to the server's CA certificate, if it uses a private or self-signed certificate.",
-                **kw,
-            ) from exc
-        if kind == "lost":
-            raise ProviderUnavailableError(
-                f"Lost the connection to {where} ({reason}); the answer is incomplete.", **kw
-            ) from exc
-        raise ProviderUnavailableError(f"Request to {where} failed: {reason}", **kw) from exc
-    except httpx.HTTPError as exc:
-        raise ProviderUnavailableError(f"Request to {where} failed: {exc}", **kw) from exc
+    except ProviderError:
+        raise
+    except (aiohttp.ClientError, http_exceptions.HttpProcessingError) as exc:
+        raise _mapped(exc, service, where, kw) from exc
+    except TimeoutError:
+        raise  # a phase timeout, turned into ProviderTimeoutError by the caller
+    except (ssl.SSLError, OSError) as exc:
+        raise _mapped(exc, service, where, kw) from exc
+
+
+def _mapped(exc: BaseException, service: ServiceInfo, where: str, kw: dict[str, Any]) -> ProviderError:
+    kind, reason = classify(exc)
+    if kind == "refused":
+        return ProviderUnavailableError(not_running(service, reason), **kw)
+    if kind == "connect_timeout":
+        return ProviderTimeoutError(
+            f"Timed out connecting to {where}. Check that the address is right and reachable.",
+            phase="connect",
+            **kw,
+        )
+    if kind == "tls" and any(s in reason.lower() for s in _NOT_TLS):
+        return ProviderUnavailableError(
+            f"{where} does not answer TLS (https) on that port ({reason}). If it serves plain "
+            "HTTP, use an http:// endpoint.",
+            **kw,
+        )
+    if kind == "tls":
+        return ProviderUnavailableError(
+            f"TLS error talking to {where}: {reason}. Set verify_ssl to false, or ca_bundle to "
+            "the server's CA certificate, if it uses a private or self-signed certificate.",
+            **kw,
+        )
+    if kind == "lost":
+        return ProviderUnavailableError(
+            f"Lost the connection to {where} ({reason}); the answer is incomplete.", **kw
+        )
+    if kind == "malformed":
+        return ProtocolError(
+            f"{where} sent a malformed HTTP response ({reason}). Is the endpoint really "
+            f"{service.display_name}, or is a proxy in the way?",
+            **kw,
+        )
+    if kind == "invalid_url":
+        return ConfigurationError(
+            f"Cannot send a request to {service.base_url}: {reason}. Use an http:// or https:// URL.",
+            **kw,
+        )
+    return ProviderUnavailableError(f"Request to {where} failed: {reason}", **kw)

@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-import httpx
+import aiohttp
 
-from papin.llm.transport.client import shared_ssl_context
 from papin.llm.transport.errors import classify
 
 __all__ = ["MAX_BODY", "ProbeClient"]
@@ -18,49 +17,54 @@ MAX_BODY = 4 * 1024 * 1024
 
 
 class ProbeClient:
-    """One client shared by all probes of a discovery (aiohttp transport, no proxies from the
-    environment, a verifying TLS context only when an address needs https)."""
+    """One session shared by all probes of a discovery (no proxies from the environment, no
+    redirects followed; aiohttp's verifying TLS context for https addresses)."""
 
     def __init__(self, urls: Sequence[str], connect_timeout: float, read_timeout: float) -> None:
-        from httpx_aiohttp import AiohttpTransport
-
-        https = any(url.startswith("https://") for url in urls)
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
-        verify = shared_ssl_context(None, True) if https else False
-        transport = AiohttpTransport(verify=verify, limits=limits, trust_env=False)
-        read = read_timeout
-        timeout = httpx.Timeout(connect=connect_timeout, read=read, write=read, pool=read)
+        self.urls = tuple(urls)
+        self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=timeout,
-            trust_env=False,
-            headers={"user-agent": "papin-discovery", "accept": "application/json"},
-        )
-        del self._client.headers["connection"]
+        self._session: aiohttp.ClientSession | None = None
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
+            )
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=timeout,
+                trust_env=False,
+                headers={"user-agent": "papin-discovery", "accept": "application/json"},
+            )
+        return self._session
 
     async def get(self, url: str, limit: float) -> tuple[int | None, bytes, str | None]:
         """``GET url`` within ``limit`` seconds: (status, body up to :data:`MAX_BODY`, None), or
         (None, b"", why nothing usable came back). Never raises."""
         try:
             async with asyncio.timeout(limit):
-                async with self._client.stream("GET", url) as response:
+                async with self._get_session().get(url, allow_redirects=False) as response:
                     chunks: list[bytes] = []
                     size = 0
-                    async for chunk in response.aiter_bytes():
+                    while chunk := await response.content.readany():
                         size += len(chunk)
                         if size > MAX_BODY:
                             break
                         chunks.append(chunk)
-                    return response.status_code, b"".join(chunks), None
+                    return response.status, b"".join(chunks), None
+        except aiohttp.SocketTimeoutError:
+            return None, b"", f"no answer within {self.read_timeout:g} s"
+        except aiohttp.ConnectionTimeoutError:
+            return None, b"", f"no connection within {self.connect_timeout:g} s"
         except TimeoutError:
             return None, b"", f"no answer within {limit:g} s"
-        except (httpx.ReadTimeout, httpx.PoolTimeout):
-            return None, b"", f"no answer within {self.read_timeout:g} s"
         except Exception as exc:  # every transport failure means "nothing answered"
             kind, reason = classify(exc)
             return None, b"", "connection refused" if kind == "refused" else reason
 
     async def aclose(self) -> None:
         """Close the connections."""
-        await self._client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
