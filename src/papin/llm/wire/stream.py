@@ -22,7 +22,6 @@ piece; malformed frames raise :class:`~papin.llm.errors.ProtocolError`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -31,7 +30,7 @@ from papin.llm.errors import GenerationError, ProtocolError, ProviderError
 from papin.llm.wire import ollama as ollama_wire
 from papin.llm.wire import openai as openai_wire
 from papin.llm.wire.llamacpp import NativeCompletion, NativeStream
-from papin.llm.wire.ndjson import NdjsonDecoder
+from papin.llm.wire.ndjson import NdjsonDecoder, loads_text
 from papin.llm.wire.sse import SSEDecoder
 
 __all__ = [
@@ -257,7 +256,7 @@ class OpenAIEvents:
                 continue
             self.events += 1
             try:
-                obj = json.loads(data)
+                obj = loads_text(data)
             except ValueError:
                 raise ProtocolError(
                     f"{self.name} sent a malformed stream event (not JSON): {data[:120]!r}",
