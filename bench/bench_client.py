@@ -327,7 +327,9 @@ def first_chunk(c: Clients, rounds: int, budget: float) -> dict[str, Any]:
     return {name: {"n": len(v), "p50_s": pct(v, 0.5)} for name, v in samples.items()}
 
 
-def streams(c: Clients, runner: asyncio.Runner, n: int, write: str, reps: int, budget: float) -> dict[str, Any]:
+def streams(
+    c: Clients, runner: asyncio.Runner, n: int, write: str, reps: int, budget: float
+) -> dict[str, Any]:
     model = WRITE_MODELS[write]
     expected = len(TOKEN) * n
 
@@ -378,7 +380,9 @@ def concurrent(c: Clients, runner: asyncio.Runner, total: int, rounds: int, budg
 
     calls = {"papin_async": c.papin_async, "httpx_async": c.httpx_async_call, "aiohttp": c.aiohttp_call}
     samples = interleaved(
-        {name: (lambda call=call: runner.run(throughput(call))) for name, call in calls.items()}, rounds, budget
+        {name: (lambda call=call: runner.run(throughput(call))) for name, call in calls.items()},
+        rounds,
+        budget,
     )
     return {name: {"rounds": len(v), "rps": statistics.median(v)} for name, v in samples.items()}
 
@@ -466,7 +470,8 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float, str, bool]]:
 
 
 def report(r: dict[str, Any]) -> str:
-    out: list[str] = [f"\npapin client overhead - {r['environment']['python']}, {r['environment']['cpus']} CPUs, "
+    env = r["environment"]
+    out: list[str] = [f"\npapin client overhead - {env['python']}, {env['cpus']} CPUs, "
                       f"load {r['environment']['load_start']} -> {r['environment']['load_end']}, "
                       f"{r['elapsed_s']:.0f} s{' (--quick)' if r['quick'] else ''}"]
     add = out.append

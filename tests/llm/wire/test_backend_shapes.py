@@ -43,7 +43,9 @@ def test_lmstudio_finds_a_job_in_the_grouped_listing() -> None:
     assert lmstudio.int_field(True) is None and lmstudio.int_field(3.9) == 3
 
 
-@pytest.mark.parametrize(("value", "seconds"), [(0.2, 1), ("1.5h", 5400), ("250ms", 1), (0, None), ("", None)])
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(0.2, 1), ("1.5h", 5400), ("250ms", 1), (0, None), ("", None)]
+)
 def test_lmstudio_ttl_seconds(value: float | str, seconds: int | None) -> None:
     assert lmstudio.ttl_seconds(value) == seconds
 
@@ -85,7 +87,9 @@ def test_localai_job_tracker_sums_files() -> None:
 
 
 def test_vllm_body_and_missing_route() -> None:
-    assert vllm.request_body({"repeat_penalty": 1.2, "repetition_penalty": 1.5}) == {"repetition_penalty": 1.5}
+    body = vllm.request_body({"repeat_penalty": 1.2, "repetition_penalty": 1.5})
+    assert body == {"repetition_penalty": 1.5}
     assert vllm.route_missing(ProviderAPIError("x", status_code=404, body="Not Found"))
     assert not vllm.route_missing(ModelNotFoundError("x", status_code=404, body="Not Found"))
-    assert not vllm.route_missing(ProviderAPIError("x", status_code=404, body="The model `m` does not exist."))
+    missing_model = ProviderAPIError("x", status_code=404, body="The model `m` does not exist.")
+    assert not vllm.route_missing(missing_model)
