@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 from papin.llm.choice import ProviderChoice, choose_provider
+from papin.llm.chunk_stream import ChunkStream, batches_of
 from papin.llm.config import LLMConfig
 from papin.llm.datatypes import (
     Capability,
@@ -386,23 +387,33 @@ class LLMManager:
         return await (await self._ensure()).get_system_info()
 
     # -- generation -----------------------------------------------------------------------
-    async def _auto_pulling(
+    def _auto_pulling(
         self,
         model_or_none: str | None,
         open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]],
         on_download: ProgressCallback | None,
-    ) -> AsyncGenerator[GenerationChunk, None]:
-        # The generator behind stream() and stream_chat(), which return it as it is: one
-        # generator layer less for every chunk than wrapping it in another.
+    ) -> ChunkStream:
+        # The stream behind stream() and stream_chat(): the provider's chunks in the lists they
+        # arrived in (see ChunkStream), after a download when the model is missing.
+        return ChunkStream(self._auto_pulling_batches(model_or_none, open_stream, on_download))
+
+    async def _auto_pulling_batches(
+        self,
+        model_or_none: str | None,
+        open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]],
+        on_download: ProgressCallback | None,
+    ) -> AsyncGenerator[list[GenerationChunk], None]:
         model = await self.resolve_model(model_or_none)
         provider = await self._ensure()
         stream = open_stream(provider, model)
+        batches = batches_of(stream)
         try:
             try:
-                first = await stream.__anext__()
+                first = await batches.__anext__()
             except StopAsyncIteration:
                 return
             except ModelNotFoundError as exc:
+                await batches.aclose()
                 await stream.aclose()
                 if not self.config.auto_pull or not provider.can_pull(model):
                     if not self.config.auto_pull and provider.can_pull(model):
@@ -413,14 +424,16 @@ class LLMManager:
                     raise
                 await provider.download_model(model, on_download or self.on_download)
                 stream = open_stream(provider, model)
+                batches = batches_of(stream)
                 try:
-                    first = await stream.__anext__()
+                    first = await batches.__anext__()
                 except StopAsyncIteration:
                     return
             yield first
-            async for chunk in stream:
-                yield chunk
+            async for batch in batches:
+                yield batch
         finally:
+            await batches.aclose()
             await stream.aclose()
 
     def stream(
@@ -430,7 +443,7 @@ class LLMManager:
         options: GenerationOptions | None = None,
         *,
         on_download: ProgressCallback | None = None,
-    ) -> AsyncGenerator[GenerationChunk, None]:
+    ) -> ChunkStream:
         """Stream a completion as :class:`GenerationChunk` objects (``async for``).
 
         Breaking out of the loop or cancelling the task closes the backend stream.
@@ -445,7 +458,7 @@ class LLMManager:
         options: GenerationOptions | None = None,
         *,
         on_download: ProgressCallback | None = None,
-    ) -> AsyncGenerator[GenerationChunk, None]:
+    ) -> ChunkStream:
         """Stream a chat reply as :class:`GenerationChunk` objects."""
         options = self.config.options_with_defaults(options)
         return self._auto_pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from papin.llm.chunk_stream import batches_of
 from papin.llm.datatypes import (
     Capability,
     ChatMessage,
@@ -383,20 +384,27 @@ class Provider(ABC):
         """
         parts: list[str] = []
         stats: GenerationStats | None = None
+        batches = batches_of(chunks)  # one await per network read where the stream allows it
+        stopped = False
         try:
-            async for chunk in chunks:
-                if chunk.text:
-                    parts.append(chunk.text)
-                    if callback is not None:
-                        keep_going = callback(chunk.text)
-                        if keep_going is not None and not isinstance(keep_going, bool):
-                            keep_going = await _maybe_await(keep_going)
-                        if keep_going is False:
-                            stats = GenerationStats(finish_reason="cancelled")
-                            break
-                if chunk.done:
-                    stats = chunk.stats or GenerationStats()
+            async for batch in batches:
+                for chunk in batch:
+                    if chunk.text:
+                        parts.append(chunk.text)
+                        if callback is not None:
+                            keep_going = callback(chunk.text)
+                            if keep_going is not None and not isinstance(keep_going, bool):
+                                keep_going = await _maybe_await(keep_going)
+                            if keep_going is False:
+                                stats = GenerationStats(finish_reason="cancelled")
+                                stopped = True
+                                break
+                    if chunk.done:
+                        stats = chunk.stats or GenerationStats()
+                if stopped:
+                    break
         finally:
+            await batches.aclose()
             await chunks.aclose()
         if stats is None:  # a well-behaved stream always ends with done=True
             raise CancelledError("Generation stopped before it finished.", provider=self.name)

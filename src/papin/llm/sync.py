@@ -431,14 +431,13 @@ def _close_left_open(runner: asyncio.Runner, manager: LLMManager) -> None:
 
 
 async def _stop_pump(pump: ChunkPump[GenerationChunk]) -> None:
-    """Stop a stream the caller left: cancel the pump's task (closing the generator and, with
-    it, the backend stream), or close a generator that was never started."""
+    """Stop a stream the caller left: cancel the pump's task, then close the generator (and,
+    with it, the backend stream)."""
     task = pump.task
     if task is not None and not task.done():
         task.cancel()
         await asyncio.wait([task])
-    if task is None or not pump.finished:
-        await pump.agen.aclose()
+    await pump.agen.aclose()  # a no-op for a generator the cancellation already ended
 
 
 async def _call(fn: Callable[[], T]) -> T:

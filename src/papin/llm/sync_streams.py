@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, Coroutine, Generator
 from typing import Any, Generic, TypeVar
 
+from papin.llm.chunk_stream import ChunkStream
+
 __all__ = ["ChunkPump"]
 
 T = TypeVar("T")
@@ -84,6 +86,12 @@ class ChunkPump(Generic[T]):
             self._signal.set_result(None)
         return self._signal
 
+    async def _hand_over(self) -> None:
+        """Let the caller take the items, and wait until it wants more."""
+        self._notify()
+        self._asked = asyncio.get_running_loop().create_future()
+        await self._asked
+
     def _notify(self) -> None:
         if self._signal is not None and not self._signal.done():
             self._signal.set_result(None)
@@ -93,6 +101,10 @@ class ChunkPump(Generic[T]):
         agen = self.agen
         ready = self.ready
         try:
+            if isinstance(agen, ChunkStream):  # it keeps its chunks in the lists they came in
+                while True:
+                    ready.extend(await agen.next_batch())  # type: ignore[arg-type]
+                    await self._hand_over()
             while True:
                 step = agen.__anext__()
                 try:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import Field, field_validator, model_validator
 
+from papin.llm.chunk_stream import ChunkStream
 from papin.llm.datatypes import GenerationChunk
 from papin.llm.errors import ProviderTimeoutError
 from papin.llm.provider import Provider, ProviderConfig
@@ -204,12 +205,17 @@ class HttpProvider(Provider):
             model=model,
         )
 
-    async def stream_generation(
+    def stream_generation(
         self, method: str, path: str, parser: StreamParser, *, json: Any = None, model: str | None = None
-    ) -> AsyncGenerator[GenerationChunk, None]:
+    ) -> ChunkStream:
         """A generation on the stream driver: text chunks, then one ``done`` chunk with the
         statistics (time to first token and total time by papin's clock, the rest from the
-        backend's final message, through ``parser.stats``)."""
+        backend's final message, through ``parser.stats``), kept in the lists they arrived in."""
+        return ChunkStream(self._generation_batches(method, path, parser, json=json, model=model))
+
+    async def _generation_batches(
+        self, method: str, path: str, parser: StreamParser, *, json: Any = None, model: str | None = None
+    ) -> AsyncGenerator[list[GenerationChunk], None]:
         started = time.perf_counter()
         first: float | None = None
         batches = self.stream_pieces(method, path, parser, json=json, model=model)
@@ -217,13 +223,16 @@ class HttpProvider(Provider):
             async for batch in batches:
                 if first is None and any(p.text for p in batch):
                     first = time.perf_counter()
-                for piece in batch:
-                    if piece.final is not None:
-                        ttft = None if first is None else first - started
-                        stats = parser.stats(piece.final, ttft, time.perf_counter() - started)
-                        yield GenerationChunk(piece.text, done=True, stats=stats)
-                        return
-                    yield GenerationChunk(piece.text)
+                final = batch[-1].final
+                if final is None:
+                    yield [GenerationChunk(piece.text) for piece in batch]
+                    continue
+                chunks = [GenerationChunk(piece.text) for piece in batch[:-1]]
+                ttft = None if first is None else first - started
+                stats = parser.stats(final, ttft, time.perf_counter() - started)
+                chunks.append(GenerationChunk(batch[-1].text, done=True, stats=stats))
+                yield chunks
+                return
         finally:
             await batches.aclose()
 
