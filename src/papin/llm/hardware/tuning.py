@@ -59,10 +59,10 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from pydantic import BeforeValidator
 
 from papin.llm.hardware.info import CpuInfo
-from papin.llm.store.gguf import GGUFInfo
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the store package is imported only where a model file is read
     from papin.llm.hardware.info import GpuInfo, HardwareInfo
+    from papin.llm.store.gguf import GGUFInfo
 
 __all__ = [
     "DEFAULT_CONTEXT_CAP",
@@ -189,6 +189,7 @@ def kv_bytes_per_token(info: GGUFInfo, cache_type: str = "f16") -> int | None:
     layers x KV heads x (key length + value length) x bytes per value of ``cache_type``; key
     and value lengths default to ``embedding_length / head_count`` as in llama.cpp.
 
+    >>> from papin.llm.store.gguf import GGUFInfo
     >>> kv_bytes_per_token(GGUFInfo(block_count=18, head_count_kv=1, key_length=256, value_length=256))
     18432
     >>> llama3_8b = GGUFInfo(block_count=32, head_count=32, head_count_kv=8, embedding_length=4096)

@@ -263,6 +263,18 @@ class OpenAIEvents:
                     provider=self.provider,
                     model=self.model,
                 ) from None
+            choices = obj.get("choices") if type(obj) is dict else None
+            if type(choices) is list and choices and "error" not in obj and "usage" not in obj:
+                first = choices[0]  # the usual event: one choice with text and no finish reason
+                if type(first) is dict and first.get("finish_reason") is None:
+                    text = first.get("text")
+                    if type(text) is not str:
+                        delta = first.get("delta")
+                        text = delta.get("content") if type(delta) is dict else None
+                    if type(text) is str:
+                        if text:
+                            pieces.append(StreamPiece(text))
+                        continue
             if type(obj) is not dict or "error" in obj:
                 message = openai_wire.stream_error(obj)
                 if message is not None:
