@@ -15,12 +15,13 @@ nothing heavy at import time (discovery and hardware detection are imported when
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from papin.llm.datatypes import ProviderStatus
-from papin.llm.errors import ConfigurationError, ProviderUnavailableError
+from papin.llm.errors import ConfigurationError, ProviderError, ProviderUnavailableError
 
 if TYPE_CHECKING:
     from papin.llm.config import LLMConfig
@@ -84,9 +85,18 @@ def embedded_can_use_gpu(hardware: HardwareInfo) -> bool:
     return hardware.has_gpu and hardware.llama.gpu_offload
 
 
-def _unavailable(
-    tried: Sequence[ProviderStatus], configured: str | None, note: str = ""
-) -> ProviderUnavailableError:
+def _unavailable(tried: Sequence[ProviderStatus], configured: str | None, note: str = "") -> ProviderError:
+    """The error of a failed choice: the configured provider's own typed error (a copy, with the
+    other candidates in its message, chained to the original), else ProviderUnavailableError."""
+    own = next((s.exception for s in tried if s.provider == configured and s.exception), None)
+    if own is not None:
+        others = "; ".join(f"{s.provider}: {s.error}" for s in tried if s.provider != configured)
+        message = own.message + (f" Also tried: {others}." if others else "") + note
+        error = copy.copy(own)
+        error.message, error.args = message, (message,)
+        error.__cause__ = own
+        error.__traceback__ = None
+        return error
     details = "; ".join(f"{s.provider}: {s.error}" for s in tried)
     return ProviderUnavailableError(f"No LLM provider is available. {details}{note}", provider=configured)
 
@@ -97,7 +107,7 @@ async def _try(
     try:
         provider = factory.create_provider(name, settings)
     except ConfigurationError as exc:
-        return None, ProviderStatus(name, False, endpoint=endpoint, error=str(exc))
+        return None, ProviderStatus(name, False, endpoint=endpoint, error=str(exc), exception=exc)
     status = await provider.status()
     if not status.available:
         await provider.aclose()
@@ -121,7 +131,10 @@ async def choose_provider(
     needs it.
 
     Raises:
-        ProviderUnavailableError: nothing is available; the message lists why, per provider.
+        ProviderError: nothing is available. When a provider is configured, its own typed
+            error (``AuthenticationError``, ``RateLimitedError``, ``ProviderTimeoutError``...,
+            chained to the original) with the other candidates in the message; otherwise
+            ``ProviderUnavailableError`` listing why, per provider.
     """
     configured = config.provider_type
     tried: list[ProviderStatus] = []

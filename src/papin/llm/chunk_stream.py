@@ -10,12 +10,13 @@ chunk at a time. It is an ordinary async generator to everyone else.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 
 from papin.llm.datatypes import GenerationChunk
+from papin.llm.errors import ProviderTimeoutError
 
-__all__ = ["ChunkStream", "batches_of"]
+__all__ = ["ChunkStream", "batches_of", "with_deadline"]
 
 
 class ChunkStream(AsyncGenerator[GenerationChunk, None]):
@@ -83,3 +84,48 @@ async def batches_of(chunks: AsyncIterator[GenerationChunk]) -> AsyncGenerator[l
     else:
         async for chunk in chunks:
             yield [chunk]
+
+
+def with_deadline(
+    stream: ChunkStream, seconds: float, provider: Callable[[], str | None], model: str | None
+) -> ChunkStream:
+    """``stream`` bounded as a whole by ``seconds`` (a request's ``deadline_seconds``)."""
+    return ChunkStream(_deadline_batches(stream, seconds, provider, model))
+
+
+async def _deadline_batches(
+    stream: ChunkStream, seconds: float, provider: Callable[[], str | None], model: str | None
+) -> AsyncGenerator[list[GenerationChunk], None]:
+    """``stream``'s batches until ``seconds`` after the first request; then the stream is closed
+    and ProviderTimeoutError(phase="deadline") raised. Only the waits for the backend are
+    bounded by the timer (never the caller's code between chunks), but the wall clock runs on."""
+    import asyncio  # lazily: importing papin.llm stays light
+
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    received = 0
+    try:
+        while True:
+            left = end - loop.time()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(left):
+                    batch = await stream.next_batch()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if loop.time() < end:
+                    raise  # a timeout of the provider's own, not the deadline
+                raise ProviderTimeoutError(
+                    f"The generation did not finish within its deadline of {seconds:g} s "
+                    f"(deadline_seconds); {received} characters had arrived.",
+                    phase="deadline",
+                    timeout=seconds,
+                    provider=provider(),
+                    model=model,
+                ) from None
+            received += sum(len(c.text) for c in batch)
+            yield batch
+    finally:
+        await stream.aclose()

@@ -9,7 +9,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from papin.llm.errors import ProviderError
 
 __all__ = [
     "Capability",
@@ -154,7 +157,8 @@ class DownloadStatus:
 
 @dataclass(frozen=True, slots=True)
 class ProviderStatus:
-    """A provider's health report; ``available=False`` carries the reason in ``error``."""
+    """A provider's health report; ``available=False`` carries the reason in ``error`` and,
+    when a request failed, the typed error itself in ``exception`` (not serialised)."""
 
     provider: str
     available: bool
@@ -162,10 +166,13 @@ class ProviderStatus:
     version: str | None = None
     error: str | None = None
     details: dict[str, str] = field(default_factory=dict)
+    exception: ProviderError | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
-        return _as_dict(self)
+        d = _as_dict(self)
+        del d["exception"]
+        return d
 
 
 @dataclass(frozen=True, slots=True)

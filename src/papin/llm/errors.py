@@ -122,7 +122,8 @@ class ProviderTimeoutError(ProviderUnavailableError, TimeoutError):
     """A phase timeout expired (connect, first byte, idle between chunks, or whole request).
 
     Attributes:
-        phase: ``"connect"``, ``"first_byte"``, ``"idle"`` or ``"request"``.
+        phase: ``"connect"``, ``"first_byte"``, ``"idle"``, ``"request"`` or ``"deadline"``
+            (the request's ``deadline_seconds``).
         timeout: The limit that expired, in seconds.
     """
 

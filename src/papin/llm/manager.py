@@ -18,7 +18,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 from papin.llm.choice import ProviderChoice, choose_provider
-from papin.llm.chunk_stream import ChunkStream, batches_of
+from papin.llm.chunk_stream import ChunkStream, batches_of, with_deadline
 from papin.llm.config import LLMConfig
 from papin.llm.datatypes import (
     Capability,
@@ -137,7 +137,11 @@ class LLMManager:
         discovery found.
 
         Raises:
-            ProviderUnavailableError: no provider is available; the message lists why.
+            ProviderError: no provider is available. With a configured provider, its own typed
+                error (``AuthenticationError`` for a 401, ``RateLimitedError`` with
+                ``retry_after``, ``ProviderTimeoutError`` with its phase...), chained to the
+                original, with the other candidates tried in the message; otherwise
+                ``ProviderUnavailableError``, the message listing why per provider.
             ConfigurationError: the configuration is invalid.
         """
         if self._init_lock is None:
@@ -283,6 +287,8 @@ class LLMManager:
         status = await provider.status()
         if not status.available:
             await provider.aclose()
+            if status.exception is not None:
+                raise status.exception
             raise ProviderUnavailableError(status.error or f"{name} is not available", provider=name)
         old, self._provider = self._provider, provider
         self._choice = ProviderChoice(name, "selected explicitly", status)
@@ -397,6 +403,17 @@ class LLMManager:
         # arrived in (see ChunkStream), after a download when the model is missing.
         return ChunkStream(self._auto_pulling_batches(model_or_none, open_stream, on_download))
 
+    def _provider_name(self) -> str | None:
+        return self._provider.name if self._provider is not None else None
+
+    def _deadline(
+        self, stream: ChunkStream, options: GenerationOptions | None, model: str | None
+    ) -> ChunkStream:
+        seconds = options.deadline_seconds if options is not None else None
+        if seconds is None:
+            return stream
+        return with_deadline(stream, seconds, self._provider_name, model)
+
     async def _auto_pulling_batches(
         self,
         model_or_none: str | None,
@@ -449,7 +466,8 @@ class LLMManager:
         Breaking out of the loop or cancelling the task closes the backend stream.
         """
         options = self.config.options_with_defaults(options)
-        return self._auto_pulling(model, lambda p, m: p.stream_generate(m, prompt, options), on_download)
+        stream = self._auto_pulling(model, lambda p, m: p.stream_generate(m, prompt, options), on_download)
+        return self._deadline(stream, options, model)
 
     def stream_chat(
         self,
@@ -461,7 +479,8 @@ class LLMManager:
     ) -> ChunkStream:
         """Stream a chat reply as :class:`GenerationChunk` objects."""
         options = self.config.options_with_defaults(options)
-        return self._auto_pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)
+        stream = self._auto_pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)
+        return self._deadline(stream, options, model)
 
     async def generate(
         self,

@@ -7,7 +7,7 @@ the fields onto its backend's names (``max_tokens`` becomes Ollama's ``num_predi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -42,9 +42,19 @@ class GenerationOptions(BaseModel):
     keep_alive: float | str | None = Field(
         None, description="How long the backend keeps the model loaded (seconds or '5m')."
     )
+    deadline_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="A limit on the whole generation, download and model load included (papin's "
+        "own: never sent to the backend). Past it the stream is closed (the backend stops) and "
+        "ProviderTimeoutError(phase='deadline') is raised.",
+    )
     additional_params: dict[str, Any] = Field(
         default_factory=dict, description="Provider-specific options passed through unchanged."
     )
+
+    #: Options papin applies itself; no backend request carries them.
+    PAPIN_ONLY: ClassVar[frozenset[str]] = frozenset({"deadline_seconds", "additional_params"})
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -100,7 +100,7 @@ class OpenAIBase(HttpProvider):
         try:
             await self._probe()
         except ProviderError as exc:
-            return ProviderStatus(self.name, False, endpoint=self.endpoint, error=str(exc))
+            return ProviderStatus(self.name, False, endpoint=self.endpoint, error=str(exc), exception=exc)
         return ProviderStatus(self.name, True, endpoint=self.endpoint, version=await self._version())
 
     async def _probe(self) -> None:

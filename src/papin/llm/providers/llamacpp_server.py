@@ -282,7 +282,9 @@ class LlamaCppServerProvider(OpenAIBase):
             try:
                 binary = await asyncio.to_thread(find_llama_server, self.config.binary)
             except ProviderError as exc:
-                return ProviderStatus(self.name, False, error=str(exc), details={"mode": "managed"})
+                return ProviderStatus(
+                    self.name, False, error=str(exc), exception=exc, details={"mode": "managed"}
+                )
             server = self.server
             details.update(mode="managed", binary=binary, models_dir=str(self.manager.store.root),
                            model=self.manager.default_model, state="stopped")  # fmt: skip
@@ -303,7 +305,9 @@ class LlamaCppServerProvider(OpenAIBase):
                 details["state"] = "loading"
                 error = f"llama-server at {self.endpoint} is still loading its model ({exc.body})."
                 return ProviderStatus(self.name, False, self.endpoint, error=error, details=details)
-            return ProviderStatus(self.name, False, self.endpoint, error=str(exc), details=details)
+            return ProviderStatus(
+                self.name, False, self.endpoint, error=str(exc), exception=exc, details=details
+            )
         if not self.managed:
             self._mode = "router" if props.get("role") == "router" else "single"
             details["mode"] = self._mode

@@ -154,7 +154,7 @@ class LocalAIProvider(OpenAIBase):
                 )
             version = await self._version()
         except ProviderError as exc:
-            return ProviderStatus(self.name, False, endpoint=self.endpoint, error=str(exc))
+            return ProviderStatus(self.name, False, endpoint=self.endpoint, error=str(exc), exception=exc)
         return ProviderStatus(
             self.name, True, endpoint=self.endpoint, version=version, details={"state": "ready"}
         )

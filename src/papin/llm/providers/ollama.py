@@ -101,7 +101,7 @@ class OllamaProvider(HttpProvider):
         try:
             data = await self.transport.request_json("GET", "/api/version", timeout=timeout)
         except ProviderError as exc:
-            return ProviderStatus(self.name, False, endpoint=self.endpoint, error=str(exc))
+            return ProviderStatus(self.name, False, endpoint=self.endpoint, error=str(exc), exception=exc)
         if not isinstance(data, dict) or "version" not in data:
             return ProviderStatus(
                 self.name,

@@ -136,7 +136,7 @@ def map_options(options: GenerationOptions | None) -> tuple[dict[str, Any], dict
     opts: dict[str, Any] = {}
     top: dict[str, Any] = {}
     for field, value in options:
-        if value is None or field == "additional_params":
+        if value is None or field in GenerationOptions.PAPIN_ONLY:
             continue
         if field in ("system", "keep_alive"):
             top[field] = value
