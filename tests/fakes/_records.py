@@ -23,7 +23,7 @@ __all__ = [
 #: Faults applied before the handler runs (they replace or delay the whole answer).
 PRE_FAULTS = frozenset(
     {"status", "never_answer", "cold_load", "reset", "wrong_content_type", "empty_body",
-     "huge_response"}
+     "huge_response", "bad_chunked", "bad_status_line"}
 )
 #: Faults applied while the answer's body is written (streamed or not).
 BODY_FAULTS = frozenset(

@@ -238,6 +238,7 @@ class FakeServer:
         Kinds: ``status`` (``status``, ``body``, ``headers``, ``content_type``),
         ``never_answer`` (``seconds``), ``cold_load`` (``seconds``), ``reset``,
         ``wrong_content_type`` (``body``), ``empty_body``, ``huge_response`` (``mb``),
+        ``bad_chunked`` (a chunk-size line that is not hexadecimal), ``bad_status_line``,
         ``stall_mid_stream`` (``after``, ``seconds``), ``disconnect_mid_stream``
         (``after``, ``rst``), ``malformed_frame`` (``after``, ``line``), ``truncated_frame``
         (``after``, ``abort``), ``split_utf8`` (``text``), ``error_in_stream`` (``after``,
@@ -400,6 +401,22 @@ class FakeServer:
             )
         if kind == "huge_response":
             return await self._huge(request, fault)
+        if kind in ("bad_chunked", "bad_status_line"):
+            # Broken HTTP framing, written on the socket as is: a chunk-size line that is not
+            # hexadecimal, or a status line that is not HTTP.
+            raw = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n"
+                if kind == "bad_chunked"
+                else b"SSH-2.0-OpenSSH_9.6\r\n\r\n"
+            )
+            record = self._record(request, 0, fault)
+            if request.transport is not None:
+                request.transport.write(raw)
+            await asyncio.sleep(0.05)
+            self._abort(request, record, rst=False)
+            record.ended_at = time.monotonic()
+            return web.Response()
         raise AssertionError(kind)  # pragma: no cover
 
     def _status_response(self, fault: Fault) -> web.Response:

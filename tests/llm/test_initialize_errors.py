@@ -1,4 +1,5 @@
-"""Typed failures: ``initialize()`` fails with the configured provider's own typed error, at start-up as later.
+"""Typed failures: ``initialize()`` fails with the configured provider's own typed error,
+at start-up as later.
 
 The status check of a configured server that answers 401, 429/503 with ``Retry-After``, or
 never answers must not collapse into "No LLM provider is available": the caller gets the
