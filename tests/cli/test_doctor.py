@@ -41,7 +41,7 @@ def test_json_report_has_every_part() -> None:
     assert data["fit"]["verdict"] in ("gpu", "partial", "cpu")
     assert data["provider"]["chosen"] == "llamacpp" and "no running LLM server" in data["provider"]["reason"]
     assert data["discovery"]["scanned"]["servers"] is True
-    assert data["config"]["schema_version"] == 2
+    assert data["config"]["schema_version"] == 3 and data["config"]["retry"]["max_attempts"] == 3
     assert data["legacy_migration"] is None and data["problems"] == []
 
 

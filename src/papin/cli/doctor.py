@@ -215,6 +215,7 @@ def _as_json(r: _Report) -> dict[str, Any]:
             "default_model": r.config.default_model,
             "enable_optimizations": r.config.enable_optimizations,
             "auto_discover": r.config.auto_discover,
+            "retry": r.config.retry.model_dump(),
         },
         "hardware": r.hardware.to_dict(),
         "model": {

@@ -12,9 +12,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from papin.llm.datatypes import GenerationChunk
 from papin.llm.errors import ProviderTimeoutError
+
+if TYPE_CHECKING:
+    from papin.llm.options import GenerationOptions
 
 __all__ = ["ChunkStream", "batches_of", "with_deadline"]
 
@@ -87,9 +91,15 @@ async def batches_of(chunks: AsyncIterator[GenerationChunk]) -> AsyncGenerator[l
 
 
 def with_deadline(
-    stream: ChunkStream, seconds: float, provider: Callable[[], str | None], model: str | None
+    stream: ChunkStream,
+    options: GenerationOptions | None,
+    provider: Callable[[], str | None],
+    model: str | None,
 ) -> ChunkStream:
-    """``stream`` bounded as a whole by ``seconds`` (a request's ``deadline_seconds``)."""
+    """``stream`` bounded as a whole by the request's ``deadline_seconds`` (itself when none)."""
+    seconds = options.deadline_seconds if options is not None else None
+    if seconds is None:
+        return stream
     return ChunkStream(_deadline_batches(stream, seconds, provider, model))
 
 

@@ -68,6 +68,9 @@ class ProviderError(Exception):
     retryable: bool = False
     #: Short name of the error kind (``"timeout"``, ``"rate_limited"``...), for JSON output.
     kind: str = "provider"
+    #: The text a generation had produced when it failed after its first chunk (``None``
+    #: when it failed before; such a failure is never retried, see the router).
+    partial_text: str | None = None
 
     def __init__(
         self,

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from papin.llm.hardware import HardwareInfo
     from papin.llm.migration import MigrationReport
     from papin.llm.monitor import ChangeCallback, ModelChange, ModelMonitor, Snapshot
+    from papin.llm.router import RecoveryHub
 
 __all__ = ["FALLBACK_PROVIDERS", "NO_DISCOVERY_ORDER", "LLMManager", "ProviderChoice", "create_llm_manager"]
 
@@ -98,6 +99,7 @@ class LLMManager:
         self.monitor_on_initialize = True
         #: What the automatic legacy migration did when this manager was created (or ``None``).
         self.migration_report: MigrationReport | None = None
+        self._recovery: RecoveryHub | None = None
 
     @classmethod
     def with_config(cls, config: LLMConfig) -> LLMManager:
@@ -403,16 +405,14 @@ class LLMManager:
         # arrived in (see ChunkStream), after a download when the model is missing.
         return ChunkStream(self._auto_pulling_batches(model_or_none, open_stream, on_download))
 
-    def _provider_name(self) -> str | None:
-        return self._provider.name if self._provider is not None else None
+    @property
+    def recovery(self) -> RecoveryHub:
+        """Retries (``config.retry``) and their events: ``recovery.listeners.append(callback)``."""
+        if self._recovery is None:
+            from papin.llm.router import RecoveryHub
 
-    def _deadline(
-        self, stream: ChunkStream, options: GenerationOptions | None, model: str | None
-    ) -> ChunkStream:
-        seconds = options.deadline_seconds if options is not None else None
-        if seconds is None:
-            return stream
-        return with_deadline(stream, seconds, self._provider_name, model)
+            self._recovery = RecoveryHub(lambda: self.config.retry)
+        return self._recovery
 
     async def _auto_pulling_batches(
         self,
@@ -422,7 +422,7 @@ class LLMManager:
     ) -> AsyncGenerator[list[GenerationChunk], None]:
         model = await self.resolve_model(model_or_none)
         provider = await self._ensure()
-        stream = open_stream(provider, model)
+        stream = open_stream(self.recovery.wrap(provider), model)
         batches = batches_of(stream)
         try:
             try:
@@ -440,7 +440,7 @@ class LLMManager:
                         exc.args = (exc.message,)
                     raise
                 await provider.download_model(model, on_download or self.on_download)
-                stream = open_stream(provider, model)
+                stream = open_stream(self.recovery.wrap(provider), model)
                 batches = batches_of(stream)
                 try:
                     first = await batches.__anext__()
@@ -467,7 +467,7 @@ class LLMManager:
         """
         options = self.config.options_with_defaults(options)
         stream = self._auto_pulling(model, lambda p, m: p.stream_generate(m, prompt, options), on_download)
-        return self._deadline(stream, options, model)
+        return with_deadline(stream, options, lambda: self._provider.name if self._provider else None, model)
 
     def stream_chat(
         self,
@@ -480,7 +480,7 @@ class LLMManager:
         """Stream a chat reply as :class:`GenerationChunk` objects."""
         options = self.config.options_with_defaults(options)
         stream = self._auto_pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)
-        return self._deadline(stream, options, model)
+        return with_deadline(stream, options, lambda: self._provider.name if self._provider else None, model)
 
     async def generate(
         self,

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from papin.llm.discovery import Discovery, DiscoveryResult
     from papin.llm.factory import ProviderFactory
     from papin.llm.monitor import ChangeCallback, ModelMonitor, Snapshot
+    from papin.llm.router import RecoveryHub
 
 __all__ = ["SyncLLMManager", "create_sync_llm_manager", "discover_sync"]
 
@@ -202,6 +203,11 @@ class SyncLLMManager:
         """Choose the provider (see :meth:`LLMManager.initialize`)."""
         self._run(self.manager.initialize())
         return self
+
+    @property
+    def recovery(self) -> RecoveryHub:
+        """Retries and their events (listeners run on this facade's loop, in this thread)."""
+        return self.manager.recovery
 
     @property
     def provider_choice(self) -> ProviderChoice | None:

@@ -169,13 +169,14 @@ def test_ollama_config_rejects_bad_values() -> None:
         OllamaConfig(timeout_seconds=0)
 
 
-def test_schema_2_sections_have_defaults_and_are_saved() -> None:
+def test_schema_2_and_3_sections_have_defaults_and_are_saved() -> None:
     cfg = LLMConfig()
-    assert cfg.schema_version == 2
+    assert cfg.schema_version == 3
     assert cfg.discovery.extra_endpoints == [] and cfg.discovery.model_dirs == []
     assert cfg.discovery.cache_seconds == 10.0 and cfg.discovery.probe_timeout_seconds == 0.3
     assert cfg.default_options is None
     saved = json.loads(cfg.save().read_text())
-    assert saved["schema_version"] == 2 and saved["default_options"] is None
+    assert saved["schema_version"] == 3 and saved["default_options"] is None
     assert saved["discovery"]["cache_seconds"] == 10.0
+    assert saved["retry"]["max_attempts"] == 3 and cfg.retry.max_retry_after_seconds == 30.0
     assert LLMConfig.from_file() == cfg

@@ -44,7 +44,7 @@ def test_there_is_a_stored_file_for_every_schema_version() -> None:
 
 def test_v1_file_loads_with_its_settings_and_the_new_section() -> None:
     cfg = LLMConfig.from_file(DATA / "v1.json")
-    assert cfg.schema_version == 2
+    assert cfg.schema_version == CONFIG_SCHEMA_VERSION
     assert cfg.provider_type == "ollama" and cfg.default_model == "llama3.2"
     assert cfg.auto_pull is False
     assert cfg.settings_for("ollama") == {"endpoint": "http://127.0.0.1:11434", "timeout_seconds": 90}
@@ -57,7 +57,7 @@ def test_v1_file_without_schema_version_is_read_as_version_1() -> None:
     raw = json.loads((DATA / "v1-no-version.json").read_text())
     assert "schema_version" not in raw
     cfg = LLMConfig.from_file(DATA / "v1-no-version.json")
-    assert cfg.schema_version == 2 and cfg.provider_type == "ollama"  # "Ollama" normalised
+    assert cfg.schema_version == CONFIG_SCHEMA_VERSION and cfg.provider_type == "ollama"  # "Ollama" normalised
     assert cfg.discovery.cache_seconds == 10.0
 
 
@@ -72,11 +72,11 @@ def test_loading_never_rewrites_the_users_file() -> None:
     assert [p.name for p in path.parent.iterdir()] == ["config.json"]
 
 
-def test_migrated_v1_file_saves_back_as_v2() -> None:
+def test_migrated_v1_file_saves_back_as_the_current_version() -> None:
     path = install("v1.json")
     LLMConfig.from_file().set_value("default_model", "qwen3").save()
     saved = json.loads(path.read_text())
-    assert saved["schema_version"] == 2
+    assert saved["schema_version"] == CONFIG_SCHEMA_VERSION
     assert saved["discovery"] == {
         "extra_endpoints": [],
         "model_dirs": [],
@@ -89,13 +89,25 @@ def test_migrated_v1_file_saves_back_as_v2() -> None:
     assert saved["default_model"] == "qwen3"
 
 
-def test_v2_file_round_trips_byte_for_byte(tmp_path: Path) -> None:
+def test_v2_file_is_read_and_saved_as_the_current_layout(tmp_path: Path) -> None:
     cfg = LLMConfig.from_file(DATA / "v2.json")
     assert cfg.discovery.extra_endpoints == ["vllm=http://gpu-box:8000", "http://127.0.0.1:8081"]
     assert cfg.discovery.model_dirs == ["~/models"] and cfg.discovery.cache_seconds == 5.0
     assert cfg.default_options == GenerationOptions(temperature=0.2)
+    assert cfg.retry.max_attempts == 3  # version 3's section, at its defaults
+    saved = json.loads(cfg.save(tmp_path / "again.json").read_text())
+    v2 = json.loads((DATA / "v2.json").read_text())
+    assert saved["schema_version"] == CONFIG_SCHEMA_VERSION == 3
+    assert {k: v for k, v in saved.items() if k not in ("retry", "schema_version")} == {
+        k: v for k, v in v2.items() if k != "schema_version"
+    }
+
+
+def test_current_file_round_trips_byte_for_byte(tmp_path: Path) -> None:
+    cfg = LLMConfig.from_file(DATA / "v3.json")
+    assert cfg.discovery.model_dirs == ["~/models"] and cfg.retry.max_attempts == 5
     out = cfg.save(tmp_path / "again.json")
-    assert out.read_bytes() == (DATA / "v2.json").read_bytes()
+    assert out.read_bytes() == (DATA / "v3.json").read_bytes()
 
 
 def test_save_writes_the_current_version_even_for_an_old_object(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
+from papin.llm.config.recovery import RetryConfig
 from papin.llm.config.schema import (
     CURRENT_SCHEMA_VERSION,
     FIRST_SCHEMA_VERSION,
@@ -228,6 +229,10 @@ class LLMConfig(BaseModel):
     )
     default_options: GenerationOptions | None = Field(
         None, description="Generation options used when a call leaves them unset."
+    )
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="How a generation that failed before its first chunk is tried again.",
     )
 
     @field_validator("provider_type", mode="before")

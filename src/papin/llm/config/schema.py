@@ -22,6 +22,8 @@ History:
 * **2**: adds the ``discovery`` section (extra endpoints and model directories to look at,
   result cache time, probe timeout) and ``default_options`` (generation options used when a
   call leaves them unset, e.g. migrated from the legacy configuration).
+* **3**: adds the ``retry`` section (how a generation that failed before its first chunk is
+  tried again: attempts, backoff, the longest ``Retry-After`` honoured).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 #: The layout this papin writes.
-CURRENT_SCHEMA_VERSION = 2
+CURRENT_SCHEMA_VERSION = 3
 #: The first released layout; a file without ``schema_version`` is read as this one.
 FIRST_SCHEMA_VERSION = 1
 
@@ -66,9 +68,19 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 adds the ``retry`` section (its settings take their defaults)."""
+    out = copy.deepcopy(data)
+    if out.get("retry") is None:
+        out["retry"] = {}
+    out["schema_version"] = 3
+    return out
+
+
 #: ``MIGRATIONS[n]`` turns a version ``n`` dict into a version ``n + 1`` dict.
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {
     1: _v1_to_v2,
+    2: _v2_to_v3,
 }
 
 
