@@ -72,6 +72,10 @@ class FakeServer:
     #: What ``__repr__`` and errors call this fake.
     label = "fake server"
 
+    #: The loopback address to listen on (set before start: 127.0.0.2, 127.0.0.3... play
+    #: other hosts).
+    host = "127.0.0.1"
+
     def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.requests: list[RecordedRequest] = []
         self.streams: list[StreamRecord] = []
@@ -128,7 +132,7 @@ class FakeServer:
     def url(self) -> str:
         """Base URL (``http://127.0.0.1:PORT``)."""
         scheme = "https" if self._ssl is not None else "http"
-        return f"{scheme}://127.0.0.1:{self.port}"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self) -> Self:
         """Start serving; returns once the port is bound."""
@@ -217,7 +221,7 @@ class FakeServer:
     async def open_site(self, runner: web.AppRunner) -> int:
         """Start listening on 127.0.0.1 and return the port (a fake that must refuse
         connections for a while, as vLLM does while it starts, overrides this)."""
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ssl)
+        site = web.TCPSite(runner, self.host, 0, ssl_context=self._ssl)
         await site.start()
         return int(runner.addresses[0][1])
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from papin.llm.factory import ProviderFactory
     from papin.llm.hardware import HardwareInfo
     from papin.llm.provider import Provider
+    from papin.llm.router import RecoveryEvent
 
 __all__ = ["ProviderChoice", "choose_provider", "embedded_can_use_gpu", "provider_statuses"]
 
@@ -102,10 +103,17 @@ def _unavailable(tried: Sequence[ProviderStatus], configured: str | None, note: 
 
 
 async def _try(
-    factory: ProviderFactory, name: str, settings: dict[str, Any], endpoint: str | None
+    factory: ProviderFactory,
+    name: str,
+    settings: dict[str, Any],
+    endpoint: str | None,
+    replicas: Callable[[Provider, Callable[[str], Provider]], Provider] | None = None,
 ) -> tuple[Provider | None, ProviderStatus]:
     try:
         provider = factory.create_provider(name, settings)
+        if replicas is not None:  # several endpoints: one provider per endpoint, as a set
+            make = lambda url: factory.create_provider(name, {**settings, "endpoint": url})  # noqa: E731
+            provider = replicas(provider, make)
     except ConfigurationError as exc:
         return None, ProviderStatus(name, False, endpoint=endpoint, error=str(exc), exception=exc)
     status = await provider.status()
@@ -123,8 +131,13 @@ async def choose_provider(
     hardware: Callable[[], Awaitable[HardwareInfo]],
     fallbacks: Sequence[str] = ("llamacpp",),
     no_discovery_order: Sequence[str] = ("ollama", "llamacpp"),
+    on_event: Callable[[RecoveryEvent], None] | None = None,
 ) -> tuple[ProviderChoice, Provider]:
     """Choose and create the provider (see the module docstring); the caller owns it.
+
+    A provider whose settings name several ``endpoints`` is created as a replica set
+    (:class:`~papin.llm.router.ReplicaSet`, breakers from ``config.circuit_breaker``, events to
+    ``on_event``); it is available when any replica is.
 
     ``discovery`` returns the :class:`~papin.llm.discovery.Discovery` to use; ``hardware``
     returns the hardware report (:func:`papin.llm.hardware.detect_hardware`'s) when the rule
@@ -138,8 +151,16 @@ async def choose_provider(
     """
     configured = config.provider_type
     tried: list[ProviderStatus] = []
+
+    def replicas(provider: Provider, make: Callable[[str], Provider]) -> Provider:
+        if len(getattr(provider.config, "endpoints", None) or ()) < 2:
+            return provider
+        from papin.llm.router import replicate
+
+        return replicate(provider, make, config.circuit_breaker, on_event)
+
     if configured:
-        provider, status = await _try(factory, configured, config.settings_for(configured), None)
+        provider, status = await _try(factory, configured, config.settings_for(configured), None, replicas)
         if provider is not None:
             return ProviderChoice(
                 configured, _reason(configured, configured, status, tried), status
@@ -149,7 +170,7 @@ async def choose_provider(
             raise _unavailable(tried, configured, " (auto_discover is off: no other provider was tried.)")
     if not config.auto_discover:
         for name in no_discovery_order:
-            provider, status = await _try(factory, name, config.settings_for(name), None)
+            provider, status = await _try(factory, name, config.settings_for(name), None, replicas)
             if provider is not None:
                 return ProviderChoice(
                     name, _reason(name, configured, status, tried), status, tuple(tried)
@@ -176,7 +197,7 @@ async def choose_provider(
             settings["endpoint"] = pref.address
             if pref.provider == "llamacpp_server":
                 settings["managed"] = False
-        provider, status = await _try(factory, pref.provider, settings, pref.address)
+        provider, status = await _try(factory, pref.provider, settings, pref.address, replicas)
         if provider is not None:
             reason = _reason(pref.provider, configured, status, tried, pref.why)
             return ProviderChoice(pref.provider, reason, status, tuple(tried), result), provider

@@ -188,6 +188,7 @@ class LLMManager:
             hardware=self._hardware_report,
             fallbacks=FALLBACK_PROVIDERS,  # module globals, read at each call
             no_discovery_order=NO_DISCOVERY_ORDER,
+            on_event=self.recovery.emit,
         )
 
     # -- discovery and model monitoring -----------------------------------------------------
@@ -410,7 +411,6 @@ class LLMManager:
         """Retries (``config.retry``) and their events: ``recovery.listeners.append(callback)``."""
         if self._recovery is None:
             from papin.llm.router import RecoveryHub
-
             self._recovery = RecoveryHub(lambda: self.config.retry)
         return self._recovery
 

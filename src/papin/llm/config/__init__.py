@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
-from papin.llm.config.recovery import RetryConfig
+from papin.llm.config.recovery import BreakerConfig, RetryConfig
 from papin.llm.config.schema import (
     CURRENT_SCHEMA_VERSION,
     FIRST_SCHEMA_VERSION,
@@ -233,6 +233,10 @@ class LLMConfig(BaseModel):
     retry: RetryConfig = Field(
         default_factory=RetryConfig,
         description="How a generation that failed before its first chunk is tried again.",
+    )
+    circuit_breaker: BreakerConfig = Field(
+        default_factory=BreakerConfig,
+        description="When an endpoint of a provider with several is left alone, and for how long.",
     )
 
     @field_validator("provider_type", mode="before")

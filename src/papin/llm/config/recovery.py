@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["RetryConfig"]
+__all__ = ["BreakerConfig", "RetryConfig"]
 
 
 class RetryConfig(BaseModel):
@@ -36,3 +36,17 @@ class RetryConfig(BaseModel):
         if self.max_backoff_seconds < self.initial_backoff_seconds:
             raise ValueError("max_backoff_seconds must be at least initial_backoff_seconds")
         return self
+
+
+class BreakerConfig(BaseModel):
+    """The circuit breaker of each endpoint of a provider with several (``endpoints: [...]``).
+
+    After ``failure_threshold`` failures in a row (or at once, for a refusal such as 401) the
+    endpoint is left alone for ``cooldown_seconds``; then one request tries it (half-open), and
+    its outcome closes the breaker or opens it again.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, defer_build=True)
+
+    failure_threshold: int = Field(5, ge=1, le=1000, description="Failures in a row that open it.")
+    cooldown_seconds: float = Field(10.0, gt=0, le=3600, description="How long an open endpoint rests.")

@@ -23,7 +23,8 @@ History:
   result cache time, probe timeout) and ``default_options`` (generation options used when a
   call leaves them unset, e.g. migrated from the legacy configuration).
 * **3**: adds the ``retry`` section (how a generation that failed before its first chunk is
-  tried again: attempts, backoff, the longest ``Retry-After`` honoured).
+  tried again: attempts, backoff, the longest ``Retry-After`` honoured) and the
+  ``circuit_breaker`` section (failure threshold and cooldown of each endpoint).
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 3 adds the ``retry`` section (its settings take their defaults)."""
+    """Version 3 adds the ``retry`` and ``circuit_breaker`` sections (at their defaults)."""
     out = copy.deepcopy(data)
-    if out.get("retry") is None:
-        out["retry"] = {}
+    for section in ("retry", "circuit_breaker"):
+        if out.get(section) is None:
+            out[section] = {}
     out["schema_version"] = 3
     return out
 

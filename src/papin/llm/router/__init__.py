@@ -1,7 +1,18 @@
-"""Recovery as wrapper providers: retries now; replicas, circuit breakers and fallback chains
+"""Recovery as wrapper providers: retries, replicas with circuit breakers; fallback chains will
 build on the same shape (:class:`~papin.llm.wrapper.WrapperProvider`), so the manager, the CLI
 and the gateway use them unchanged and no backend is special-cased."""
 
+from papin.llm.router.breaker import CircuitBreaker
+from papin.llm.router.replicas import ReplicaSet, replicate
 from papin.llm.router.retry import RecoveryEvent, RecoveryHub, RetryingProvider, is_retryable, retry_delay
 
-__all__ = ["RecoveryEvent", "RecoveryHub", "RetryingProvider", "is_retryable", "retry_delay"]
+__all__ = [
+    "CircuitBreaker",
+    "RecoveryEvent",
+    "RecoveryHub",
+    "ReplicaSet",
+    "RetryingProvider",
+    "is_retryable",
+    "replicate",
+    "retry_delay",
+]

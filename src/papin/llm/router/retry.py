@@ -38,7 +38,10 @@ __all__ = ["RecoveryEvent", "RecoveryHub", "RetryingProvider", "is_retryable", "
 
 _log = logging.getLogger("papin.llm.router")
 
-EventKind = Literal["attempt", "retried", "gave_up", "failed_after_output"]
+EventKind = Literal[
+    "attempt", "retried", "gave_up", "failed_after_output",  # retries (this module)
+    "failed_over", "breaker_opened", "breaker_half_open", "breaker_closed",  # replicas
+]  # fmt: skip
 
 #: Timeout phases after which a new attempt may succeed (nothing was produced yet).
 _RETRY_PHASES = frozenset({"connect", "first_byte"})
@@ -51,7 +54,10 @@ class RecoveryEvent:
     ``kind``: ``attempt`` (an attempt starts), ``retried`` (it failed and another follows
     after ``delay`` seconds), ``gave_up`` (it failed and no retry follows: not retryable, or
     attempts or ``Retry-After`` out of bounds), ``failed_after_output`` (it failed after chunks
-    reached the caller: never retried).
+    reached the caller: never retried); for replicas (:mod:`papin.llm.router.replicas`):
+    ``failed_over`` (an endpoint failed before output; the next is tried at once) and the
+    breaker's ``breaker_opened`` / ``breaker_half_open`` / ``breaker_closed``, with the endpoint
+    in ``provider`` (``ollama@http://host:port``).
     """
 
     kind: EventKind

@@ -38,6 +38,12 @@ class HttpProviderConfig(ProviderConfig):
     """
 
     endpoint: str = Field("", description="Base URL of the server.")
+    endpoints: list[str] = Field(
+        default_factory=list,
+        description="Several servers of this backend serving the same models (replicas); "
+        "requests go to the healthy one with the fewest in flight. The first is the endpoint "
+        "when none is given.",
+    )
     timeout_seconds: float | None = Field(
         30.0, gt=0, description="Limit for short management requests (list, show, delete)."
     )
@@ -63,6 +69,27 @@ class HttpProviderConfig(ProviderConfig):
             key = os.environ.get(self.api_key_env, "").split(",")[0].strip()
             if key:
                 object.__setattr__(self, "api_key", key)
+        return self
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _endpoint_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v for v in (part.strip() for part in value.split(",")) if v]
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_endpoints(cls, value: list[str]) -> list[str]:
+        checked = [cls._check_endpoint(v) for v in value]
+        if len(set(checked)) != len(checked):
+            raise ValueError("endpoints must not repeat an address")
+        return checked
+
+    @model_validator(mode="after")
+    def _first_endpoint(self) -> Self:
+        if not self.endpoint and self.endpoints:
+            object.__setattr__(self, "endpoint", self.endpoints[0])
         return self
 
     @field_validator("endpoint")
