@@ -77,13 +77,14 @@ def fmt_s(seconds: float) -> str:
 class CheapServer:
     """``cheap_server.py`` in its own process; always stopped on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.host = host
 
     def __enter__(self) -> CheapServer:
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "cheap_server.py"), "--max-seconds", "1800"],
+            [sys.executable, str(HERE / "cheap_server.py"), "--max-seconds", "1800", "--host", self.host],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         try:
@@ -92,7 +93,7 @@ class CheapServer:
             line = self.proc.stdout.readline() if ready else b""
             if not line.startswith(b"PORT "):
                 raise RuntimeError("the benchmark server did not start")
-            self.url = f"http://127.0.0.1:{int(line.split()[1])}"
+            self.url = f"http://{self.host}:{int(line.split()[1])}"
         except BaseException:
             self.stop()
             raise

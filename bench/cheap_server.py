@@ -16,7 +16,8 @@ would call a real server (no extra options):
 * ``bench-batched``: 256 frames per write (one HTTP chunk);
 * ``bench-frames``: one frame per write, as Ollama and llama.cpp flush every token.
 
-Routes (127.0.0.1 only):
+Routes (127.0.0.1, or another loopback address with ``--host``; the tests of recovery run
+several, stop them with SIGSTOP and SIGKILL and resume them with SIGCONT):
 
 * ``GET /api/version``, ``GET /api/tags``, ``GET /api/ps``, ``GET /v1/models``;
 * ``POST /api/generate``: NDJSON (``"stream"`` defaults to true, as in Ollama) with
@@ -182,9 +183,9 @@ class Http(asyncio.Protocol):
                 self.transport.write(part)
 
 
-async def serve(port: int, max_seconds: float) -> None:
+async def serve(port: int, max_seconds: float, host: str = "127.0.0.1") -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Http, "127.0.0.1", port, backlog=1024)
+    server = await loop.create_server(Http, host, port, backlog=1024)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -205,9 +206,12 @@ async def serve(port: int, max_seconds: float) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1", help="a loopback address (127.0.0.0/8)")
     parser.add_argument("--max-seconds", type=float, default=900)
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.max_seconds))
+    if not args.host.startswith("127."):
+        parser.error("--host must be a loopback address (127.x.y.z)")
+    asyncio.run(serve(args.port, args.max_seconds, args.host))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ never duplicating output, each decision reported as a RecoveryEvent."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -157,3 +158,23 @@ def test_retry_settings_are_validated() -> None:
     with pytest.raises(ValueError):
         RetryConfig(initial_backoff_seconds=5, max_backoff_seconds=1)
     assert LLMConfig().retry.max_attempts == 3
+
+
+async def test_events_as_an_async_iterator(fake: FakeOllama) -> None:
+    fake.fault(GEN, "reset")
+    manager, _ = _manager(fake)
+    seen: list[str] = []
+
+    async def watch() -> None:
+        async for event in manager.recovery.events():
+            seen.append(event.kind)
+            if event.kind == "attempt" and len(seen) > 1:
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    await asyncio.sleep(0)
+    assert await manager.generate_text(MODEL, "hi") == TEXT
+    await asyncio.wait_for(watcher, 5)
+    await manager.aclose()
+    assert seen == ["attempt", "retried", "attempt"]
+    assert manager.recovery._queues == []  # unsubscribed on leaving the loop

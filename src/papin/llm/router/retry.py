@@ -205,6 +205,19 @@ class RecoveryHub:
         self.listeners: list[Callable[[RecoveryEvent], None]] = []
         self._policy = policy
         self._wrapper: RetryingProvider | None = None
+        self._queues: list[asyncio.Queue[RecoveryEvent]] = []
+
+    async def events(self, *, max_queued: int = 1000) -> AsyncGenerator[RecoveryEvent, None]:
+        """The events from now on, as an async iterator (``async for event in hub.events()``);
+        leaving the loop unsubscribes. A subscriber that falls ``max_queued`` events behind
+        loses the oldest ones rather than holding memory forever."""
+        queue: asyncio.Queue[RecoveryEvent] = asyncio.Queue(max_queued)
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
 
     def wrap(self, provider: Provider) -> Provider:
         """``provider`` with recovery, or ``provider`` itself when retries are off."""
@@ -228,3 +241,7 @@ class RecoveryHub:
                 listener(event)
             except Exception:  # noqa: BLE001 - a listener must not break a generation
                 _log.exception("recovery event listener failed")
+        for queue in self._queues:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(event)
