@@ -408,10 +408,10 @@ class LLMManager:
 
     @property
     def recovery(self) -> RecoveryHub:
-        """Retries (``config.retry``) and their events: ``recovery.listeners.append(callback)``."""
+        """Retries, fallbacks and their events: ``manager.recovery.listeners.append(callback)``."""
         if self._recovery is None:
             from papin.llm.router import RecoveryHub
-            self._recovery = RecoveryHub(lambda: self.config.retry)
+            self._recovery = RecoveryHub(lambda: self.config, lambda: self.factory)
         return self._recovery
 
     async def _auto_pulling_batches(
@@ -546,11 +546,11 @@ class LLMManager:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Stop the model monitor, close the provider's connections and cancel background
-        downloads."""
+        """Stop the monitor, close every provider's connections, cancel background downloads."""
         await self.stop_model_monitor()
-        provider, self._provider = self._provider, None
-        self._choice = None
+        if self._recovery is not None:
+            await self._recovery.aclose()
+        provider, self._provider, self._choice = self._provider, None, None
         if provider is not None:
             await provider.aclose()
 

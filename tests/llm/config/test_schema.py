@@ -99,7 +99,7 @@ def test_v2_file_is_read_and_saved_as_the_current_layout(tmp_path: Path) -> None
     saved = json.loads(cfg.save(tmp_path / "again.json").read_text())
     v2 = json.loads((DATA / "v2.json").read_text())
     assert saved["schema_version"] == CONFIG_SCHEMA_VERSION == 3
-    new_sections = ("retry", "circuit_breaker", "schema_version")
+    new_sections = ("retry", "circuit_breaker", "fallbacks", "schema_version")
     assert {k: v for k, v in saved.items() if k not in new_sections} == {
         k: v for k, v in v2.items() if k != "schema_version"
     }

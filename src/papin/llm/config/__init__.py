@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 
-from papin.llm.config.recovery import BreakerConfig, RetryConfig
+from papin.llm.config.recovery import BreakerConfig, FallbackSpec, RetryConfig
 from papin.llm.config.schema import (
     CURRENT_SCHEMA_VERSION,
     FIRST_SCHEMA_VERSION,
@@ -237,6 +237,10 @@ class LLMConfig(BaseModel):
     circuit_breaker: BreakerConfig = Field(
         default_factory=BreakerConfig,
         description="When an endpoint of a provider with several is left alone, and for how long.",
+    )
+    fallbacks: list[FallbackSpec] = Field(
+        default_factory=list,
+        description="Providers tried in order when the primary fails before its output.",
     )
 
     @field_validator("provider_type", mode="before")

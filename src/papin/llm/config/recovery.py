@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Any
 
-__all__ = ["BreakerConfig", "RetryConfig"]
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["BreakerConfig", "FallbackSpec", "RetryConfig"]
 
 
 class RetryConfig(BaseModel):
@@ -50,3 +52,27 @@ class BreakerConfig(BaseModel):
 
     failure_threshold: int = Field(5, ge=1, le=1000, description="Failures in a row that open it.")
     cooldown_seconds: float = Field(10.0, gt=0, le=3600, description="How long an open endpoint rests.")
+
+
+class FallbackSpec(BaseModel):
+    """One provider of ``LLMConfig.fallbacks``, tried when those before it failed before output.
+
+    ``provider_config`` is laid over the provider's own settings (``providers``); ``model``
+    replaces the requested model (else the requested one, else the provider's default).
+
+    Example::
+
+        FallbackSpec(provider_type="ollama", provider_config={"endpoint": "http://backup:11434"})
+    """
+
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+    provider_type: str = Field(description="A registered provider name (ollama, llamacpp, vllm...).")
+    provider_config: dict[str, Any] = Field(default_factory=dict, description="Its settings.")
+    model: str | None = Field(None, description="The model it serves instead of the requested one.")
+
+    @field_validator("provider_type", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> Any:
+        value = getattr(value, "value", value)  # a ProviderType member
+        return value.strip().lower() if isinstance(value, str) else value

@@ -23,8 +23,9 @@ History:
   result cache time, probe timeout) and ``default_options`` (generation options used when a
   call leaves them unset, e.g. migrated from the legacy configuration).
 * **3**: adds the ``retry`` section (how a generation that failed before its first chunk is
-  tried again: attempts, backoff, the longest ``Retry-After`` honoured) and the
-  ``circuit_breaker`` section (failure threshold and cooldown of each endpoint).
+  tried again: attempts, backoff, the longest ``Retry-After`` honoured), the
+  ``circuit_breaker`` section (failure threshold and cooldown of each endpoint) and the
+  ``fallbacks`` list (other providers tried in order).
 """
 
 from __future__ import annotations
@@ -70,11 +71,14 @@ def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v2_to_v3(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 3 adds the ``retry`` and ``circuit_breaker`` sections (at their defaults)."""
+    """Version 3 adds the ``retry`` and ``circuit_breaker`` sections (at their defaults) and
+    an empty ``fallbacks`` list."""
     out = copy.deepcopy(data)
     for section in ("retry", "circuit_breaker"):
         if out.get(section) is None:
             out[section] = {}
+    if out.get("fallbacks") is None:
+        out["fallbacks"] = []
     out["schema_version"] = 3
     return out
 

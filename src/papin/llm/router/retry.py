@@ -12,7 +12,6 @@ text received so far in ``partial_text``. Every decision is reported as a
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -34,13 +33,13 @@ if TYPE_CHECKING:
     from papin.llm.config.recovery import RetryConfig
     from papin.llm.options import GenerationOptions
 
-__all__ = ["RecoveryEvent", "RecoveryHub", "RetryingProvider", "is_retryable", "retry_delay"]
+__all__ = ["EventKind", "RecoveryEvent", "RetryingProvider", "is_retryable", "retry_delay"]
 
-_log = logging.getLogger("papin.llm.router")
 
 EventKind = Literal[
     "attempt", "retried", "gave_up", "failed_after_output",  # retries (this module)
     "failed_over", "breaker_opened", "breaker_half_open", "breaker_closed",  # replicas
+    "fell_back",  # fallback chains
 ]  # fmt: skip
 
 #: Timeout phases after which a new attempt may succeed (nothing was produced yet).
@@ -57,7 +56,8 @@ class RecoveryEvent:
     reached the caller: never retried); for replicas (:mod:`papin.llm.router.replicas`):
     ``failed_over`` (an endpoint failed before output; the next is tried at once) and the
     breaker's ``breaker_opened`` / ``breaker_half_open`` / ``breaker_closed``, with the endpoint
-    in ``provider`` (``ollama@http://host:port``).
+    in ``provider`` (``ollama@http://host:port``); for fallback chains: ``fell_back`` (the
+    provider failed before output; ``reason`` names the error kind and the next provider).
     """
 
     kind: EventKind
@@ -190,58 +190,3 @@ class RetryingProvider(WrapperProvider):
             finally:
                 await batches.aclose()
                 await stream.aclose()
-
-
-class RecoveryHub:
-    """Recovery for one manager: the listeners of its :class:`RecoveryEvent` and the wrapper
-    around its current provider (made again when the provider or the policy changes).
-
-    Example::
-
-        manager.recovery.listeners.append(lambda event: print(event.kind, event.reason))
-    """
-
-    def __init__(self, policy: Callable[[], RetryConfig]) -> None:
-        self.listeners: list[Callable[[RecoveryEvent], None]] = []
-        self._policy = policy
-        self._wrapper: RetryingProvider | None = None
-        self._queues: list[asyncio.Queue[RecoveryEvent]] = []
-
-    async def events(self, *, max_queued: int = 1000) -> AsyncGenerator[RecoveryEvent, None]:
-        """The events from now on, as an async iterator (``async for event in hub.events()``);
-        leaving the loop unsubscribes. A subscriber that falls ``max_queued`` events behind
-        loses the oldest ones rather than holding memory forever."""
-        queue: asyncio.Queue[RecoveryEvent] = asyncio.Queue(max_queued)
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
-
-    def wrap(self, provider: Provider) -> Provider:
-        """``provider`` with recovery, or ``provider`` itself when retries are off."""
-        policy = self._policy()
-        if policy.max_attempts <= 1:
-            return provider
-        wrapper = self._wrapper
-        if wrapper is None or wrapper.wrapped is not provider or wrapper.policy is not policy:
-            wrapper = self._wrapper = RetryingProvider(provider, policy, on_event=self.emit)
-        return wrapper
-
-    def emit(self, event: RecoveryEvent) -> None:
-        """Give ``event`` to every listener (a failing listener is logged, never raised)."""
-        if event.kind != "attempt":
-            _log.info(
-                "%s %s (attempt %d, %s)%s", event.provider, event.kind, event.attempt, event.reason,
-                f", next in {event.delay:.2f} s" if event.kind == "retried" else "",
-            )  # fmt: skip
-        for listener in list(self.listeners):
-            try:
-                listener(event)
-            except Exception:  # noqa: BLE001 - a listener must not break a generation
-                _log.exception("recovery event listener failed")
-        for queue in self._queues:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(event)

@@ -1,0 +1,172 @@
+"""Fallback chains: other providers, tried in order when the primary fails before its output.
+
+``LLMConfig.fallbacks`` lists them (``provider_type``, ``provider_config``, optional ``model``).
+When the primary (with its retries and replicas) fails before its first chunk in a way that
+another backend may not (unreachable, timed out, busy, refused credentials, model missing, a
+server error or a malformed answer), the next fallback is created (once, lazily) and asked;
+each step is a ``fell_back`` :class:`~papin.llm.router.retry.RecoveryEvent`. A bad request or
+a configuration error is the caller's and is raised at once; nothing moves after the first
+chunk. A fallback's model is its ``model``, else the requested one, else (when it lacks that
+one) its own default, which is how the offline embedded default serves as the last resort;
+with ``auto_pull`` a fallback that can pull a missing model does so first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from papin.llm.chunk_stream import ChunkStream, batches_of
+from papin.llm.datatypes import GenerationChunk
+from papin.llm.errors import ConfigurationError, ModelNotFoundError, ProviderAPIError, ProviderError
+from papin.llm.provider import Messages, Provider
+from papin.llm.router.retry import RecoveryEvent
+from papin.llm.wrapper import WrapperProvider
+
+if TYPE_CHECKING:
+    from papin.llm.options import GenerationOptions
+
+__all__ = ["Fallback", "FallbackChain", "falls_back"]
+
+
+def falls_back(error: ProviderError) -> bool:
+    """Whether another backend may succeed where this failure happened."""
+    if isinstance(error, ConfigurationError):
+        return False
+    if isinstance(error, ProviderAPIError) and not isinstance(error, ModelNotFoundError):
+        status = error.status_code
+        return error.retryable or status is None or status in (401, 403, 404, 408, 429) or status >= 500
+    return True
+
+
+@dataclass(slots=True)
+class Fallback:
+    """One step of the chain: how to create its provider, and the model it serves."""
+
+    name: str
+    create: Callable[[], Provider]
+    model: str | None = None
+    provider: Provider | None = field(default=None, repr=False)
+
+    def get(self) -> Provider:
+        if self.provider is None:
+            self.provider = self.create()
+        return self.provider
+
+
+class FallbackChain(WrapperProvider):
+    """The primary, then each fallback in turn (see the module)."""
+
+    def __init__(
+        self,
+        primary: Provider,
+        fallbacks: Sequence[Fallback],
+        *,
+        auto_pull: bool = True,
+        on_event: Callable[[RecoveryEvent], None] | None = None,
+        prepare: Callable[[Provider], Provider] | None = None,
+    ) -> None:
+        super().__init__(primary)
+        self.fallbacks = list(fallbacks)
+        self.auto_pull = auto_pull
+        self.on_event = on_event
+        self._prepare = prepare
+
+    def stream_generate(
+        self, model: str, prompt: str, options: GenerationOptions | None = None
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """The primary's completion, or the first fallback's that works."""
+        return ChunkStream(self._chain(model, lambda p, m: p.stream_generate(m, prompt, options)))
+
+    def stream_chat(
+        self, model: str, messages: Messages, options: GenerationOptions | None = None
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """The primary's chat reply, or the first fallback's that works."""
+        return ChunkStream(self._chain(model, lambda p, m: p.stream_chat(m, messages, options)))
+
+    def _emit(self, model: str, step: int, error: ProviderError, to: str) -> None:
+        if self.on_event is not None:
+            reason = f"{error.kind}; next: {to}"
+            self.on_event(RecoveryEvent("fell_back", self.name, model, step, reason, error, 0.0, time.time()))
+
+    async def _provider(self, step: int) -> Provider:
+        if step == 0:
+            return self.wrapped
+        provider = self.fallbacks[step - 1].get()
+        return self._prepare(provider) if self._prepare is not None else provider
+
+    async def _model_for(self, step: int, provider: Provider, requested: str) -> str:
+        if step == 0:
+            return requested
+        chosen = self.fallbacks[step - 1].model
+        if chosen:
+            return chosen
+        default = provider.default_model_id()
+        if default and not provider.can_pull(requested):
+            try:
+                await provider.get_model_info(requested)
+            except ProviderError:
+                return default  # it lacks the requested model: its own default answers
+        return requested
+
+    async def _chain(
+        self, model: str, open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]]
+    ) -> AsyncGenerator[list[GenerationChunk], None]:
+        steps = 1 + len(self.fallbacks)
+        for step in range(steps):
+            try:
+                provider = await self._provider(step)
+                name = await self._model_for(step, provider, model)
+            except ProviderError as exc:
+                if step + 1 < steps:
+                    self._emit(model, step, exc, self.fallbacks[step].name)
+                    continue
+                raise
+            pulled = False
+            while True:
+                stream = open_stream(provider, name)
+                batches = batches_of(stream)
+                received: list[str] | None = None  # set once output reached the caller
+                try:
+                    try:
+                        first = await batches.__anext__()
+                    except StopAsyncIteration:
+                        return
+                    except ModelNotFoundError:
+                        can_pull = self.auto_pull and provider.can_pull(name)
+                        if step == 0 and can_pull:
+                            raise  # the manager pulls the primary's model, as without fallbacks
+                        if pulled or not can_pull:
+                            raise
+                        pulled = True
+                        await batches.aclose()
+                        await stream.aclose()
+                        await provider.download_model(name)
+                        continue
+                    received = [c.text for c in first]
+                    yield first
+                    async for batch in batches:
+                        received.extend(c.text for c in batch)
+                        yield batch
+                    return
+                except ProviderError as exc:
+                    if received is not None:  # never after output: fail typed, text kept
+                        if exc.partial_text is None:
+                            exc.partial_text = "".join(received)
+                        raise
+                    if step + 1 >= steps or not falls_back(exc):
+                        raise
+                    self._emit(model, step, exc, self.fallbacks[step].name)
+                    break
+                finally:
+                    await batches.aclose()
+                    await stream.aclose()
+
+    async def aclose(self) -> None:
+        """Close the primary and every fallback created."""
+        await super().aclose()
+        for fallback in self.fallbacks:
+            if fallback.provider is not None:
+                await fallback.provider.aclose()
