@@ -3,6 +3,7 @@ its output, never after; the offline embedded default as the last resort."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -113,3 +114,52 @@ def test_fallback_settings_are_validated() -> None:
         LLMConfig.model_validate({"fallbacks": [{"provider": "ollama"}]})
     cfg = LLMConfig(fallbacks=[{"provider_type": "OLLAMA"}])  # type: ignore[list-item]
     assert cfg.fallbacks[0].provider_type == "ollama"
+
+
+async def test_a_down_primary_moves_to_a_discovered_backend_and_comes_back() -> None:
+    """auto_discover: the primary is down (connections reset), discovery finds another running
+    Ollama that serves the model; requests go there until the primary's breaker closes."""
+    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=[MODEL])
+    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    with primary, other:
+        cfg = LLMConfig(
+            provider_type="ollama",
+            provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
+            auto_pull=False,
+            retry=RetryConfig(max_attempts=1),
+            circuit_breaker={"failure_threshold": 1, "cooldown_seconds": 0.3},  # type: ignore[arg-type]
+            discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
+        )
+        manager = LLMManager.with_config(cfg)
+        events: list[RecoveryEvent] = []
+        manager.recovery.listeners.append(events.append)
+        await manager.initialize()
+        primary.fault(GEN, "reset", times=100)
+        assert await manager.generate_text(MODEL, "hi") == TEXT
+        assert await manager.generate_text(MODEL, "hi") == TEXT  # the primary rests: not asked
+        assert len(primary.requests_to(GEN)) == 1 and len(other.requests_to(GEN)) == 2
+        moved = [e for e in events if e.kind == "moved"]
+        assert len(moved) == 1 and other.url in moved[0].reason
+        primary.clear_faults()
+        await asyncio.sleep(0.35)  # the cooldown: the next request probes the primary
+        assert await manager.generate_text(MODEL, "hi") == TEXT
+        assert len(primary.requests_to(GEN)) == 2 and len(other.requests_to(GEN)) == 2
+        await manager.aclose()
+
+
+async def test_no_move_to_a_backend_that_lacks_the_model() -> None:
+    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=["something-else"])
+    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    with primary, other:
+        cfg = LLMConfig(
+            provider_type="ollama", auto_pull=False, retry=RetryConfig(max_attempts=1),
+            provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
+            discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
+        )  # fmt: skip
+        manager = LLMManager.with_config(cfg)
+        await manager.initialize()
+        primary.fault(GEN, "reset", times=100)
+        with pytest.raises(ProviderError):
+            await manager.generate_text(MODEL, "hi")
+        await manager.aclose()
+    assert other.requests_to(GEN) == []

@@ -40,7 +40,8 @@ def _manager(
 ) -> tuple[LLMManager, list[RecoveryEvent]]:
     provider_config = {"endpoint": fake.url, "first_byte_timeout_seconds": 5.0, "idle_timeout_seconds": 5.0,
                        **settings}  # fmt: skip
-    cfg = LLMConfig(provider_type="ollama", provider_config=provider_config, auto_pull=False, retry=retry)
+    cfg = LLMConfig(provider_type="ollama", provider_config=provider_config, auto_pull=False, retry=retry,
+                    auto_discover=False)  # retries alone: no moving to another backend
     manager = LLMManager.with_config(cfg)
     events: list[RecoveryEvent] = []
     manager.recovery.listeners.append(events.append)

@@ -180,9 +180,9 @@ class LLMManager:
             self._hardware = await asyncio.to_thread(detect_hardware)
         return self._hardware
 
-    async def _choose_provider(self) -> tuple[ProviderChoice, Provider]:
+    async def _choose_provider(self, config: LLMConfig | None = None) -> tuple[ProviderChoice, Provider]:
         return await choose_provider(
-            self.config,
+            config or self.config,
             self.factory,
             discovery=lambda: self.discovery,
             hardware=self._hardware_report,
@@ -411,7 +411,7 @@ class LLMManager:
         """Retries, fallbacks and their events: ``manager.recovery.listeners.append(callback)``."""
         if self._recovery is None:
             from papin.llm.router import RecoveryHub
-            self._recovery = RecoveryHub(lambda: self.config, lambda: self.factory)
+            self._recovery = RecoveryHub(lambda: self.config, lambda: self.factory, self._choose_provider)
         return self._recovery
 
     async def _auto_pulling_batches(

@@ -14,14 +14,21 @@ with ``auto_pull`` a fallback that can pull a missing model does so first.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from papin.llm.chunk_stream import ChunkStream, batches_of
 from papin.llm.datatypes import GenerationChunk
-from papin.llm.errors import ConfigurationError, ModelNotFoundError, ProviderAPIError, ProviderError
+from papin.llm.errors import (
+    ConfigurationError,
+    ModelNotFoundError,
+    ProviderAPIError,
+    ProviderError,
+    ProviderUnavailableError,
+)
 from papin.llm.provider import Messages, Provider
+from papin.llm.router.breaker import CircuitBreaker
 from papin.llm.router.retry import RecoveryEvent
 from papin.llm.wrapper import WrapperProvider
 
@@ -67,12 +74,20 @@ class FallbackChain(WrapperProvider):
         auto_pull: bool = True,
         on_event: Callable[[RecoveryEvent], None] | None = None,
         prepare: Callable[[Provider], Provider] | None = None,
+        discover: Callable[[], Awaitable[Provider | None]] | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         super().__init__(primary)
         self.fallbacks = list(fallbacks)
         self.auto_pull = auto_pull
         self.on_event = on_event
         self._prepare = prepare
+        self._discover = discover
+        #: The primary's breaker: while open, requests go straight to the fallbacks (or the
+        #: discovered backend); its half-open probe brings the primary back.
+        self.breaker = breaker
+        #: The backend discovery moved to while the primary is down (``None`` otherwise).
+        self.discovered: Provider | None = None
 
     def stream_generate(
         self, model: str, prompt: str, options: GenerationOptions | None = None
@@ -86,21 +101,51 @@ class FallbackChain(WrapperProvider):
         """The primary's chat reply, or the first fallback's that works."""
         return ChunkStream(self._chain(model, lambda p, m: p.stream_chat(m, messages, options)))
 
-    def _emit(self, model: str, step: int, error: ProviderError, to: str) -> None:
+    def _emit(self, model: str, step: int, error: ProviderError | None, to: str) -> None:
         if self.on_event is not None:
-            reason = f"{error.kind}; next: {to}"
+            reason = f"{error.kind if error else 'open'}; next: {to}"
             self.on_event(RecoveryEvent("fell_back", self.name, model, step, reason, error, 0.0, time.time()))
 
-    async def _provider(self, step: int) -> Provider:
+    def _next(self, step: int) -> str:
+        return self.fallbacks[step].name if step < len(self.fallbacks) else "a discovered backend"
+
+    async def _provider(self, step: int, model: str) -> Provider | None:
         if step == 0:
             return self.wrapped
+        if step > len(self.fallbacks):
+            return await self._discovered(model)
         provider = self.fallbacks[step - 1].get()
         return self._prepare(provider) if self._prepare is not None else provider
+
+    async def _discovered(self, model: str) -> Provider | None:
+        """Another running backend that serves ``model``, found by discovery (kept until the
+        primary is back), or ``None``."""
+        if self.discovered is None:
+            assert self._discover is not None
+            found = await self._discover()
+            if found is None:
+                return None
+            try:
+                await found.get_model_info(model)
+            except ProviderError:
+                await found.aclose()
+                return None  # it does not serve the requested model
+            self.discovered = self._prepare(found) if self._prepare is not None else found
+            if self.on_event is not None:
+                where = f"{found.name}@{getattr(found, 'endpoint', '') or 'in-process'}"
+                self.on_event(RecoveryEvent("moved", self.name, model, 0, f"moved to {where}", None, 0.0,
+                                            time.time()))  # fmt: skip
+        return self.discovered
+
+    async def _back_to_primary(self) -> None:
+        moved, self.discovered = self.discovered, None
+        if moved is not None:
+            await moved.aclose()
 
     async def _model_for(self, step: int, provider: Provider, requested: str) -> str:
         if step == 0:
             return requested
-        chosen = self.fallbacks[step - 1].model
+        chosen = self.fallbacks[step - 1].model if step <= len(self.fallbacks) else None
         if chosen:
             return chosen
         default = provider.default_model_id()
@@ -114,14 +159,29 @@ class FallbackChain(WrapperProvider):
     async def _chain(
         self, model: str, open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]]
     ) -> AsyncGenerator[list[GenerationChunk], None]:
-        steps = 1 + len(self.fallbacks)
+        steps = 1 + len(self.fallbacks) + (1 if self._discover is not None else 0)
+        last: ProviderError | None = None
         for step in range(steps):
+            if step == 0 and steps > 1 and self.breaker is not None and not self.breaker.allow():
+                self._emit(model, 0, None, self._next(0))  # the primary rests: straight on
+                rest = f"{self.display_name} is resting after failures (its circuit breaker is open)."
+                last = ProviderUnavailableError(rest, provider=self.name)
+                continue
+            if step > len(self.fallbacks) and not isinstance(last, ProviderUnavailableError):
+                assert last is not None
+                raise last  # discovery is for a backend that is down, not one that refused
             try:
-                provider = await self._provider(step)
+                provider = await self._provider(step, model)
+                if provider is None:  # discovery found nothing that serves the model
+                    assert last is not None
+                    raise last
                 name = await self._model_for(step, provider, model)
             except ProviderError as exc:
+                if exc is last:
+                    raise
+                last = exc
                 if step + 1 < steps:
-                    self._emit(model, step, exc, self.fallbacks[step].name)
+                    self._emit(model, step, exc, self._next(step))
                     continue
                 raise
             pulled = False
@@ -145,6 +205,10 @@ class FallbackChain(WrapperProvider):
                         await stream.aclose()
                         await provider.download_model(name)
                         continue
+                    if step == 0 and self.breaker is not None:
+                        self.breaker.record_success()
+                        if self.discovered is not None:
+                            await self._back_to_primary()
                     received = [c.text for c in first]
                     yield first
                     async for batch in batches:
@@ -156,16 +220,27 @@ class FallbackChain(WrapperProvider):
                         if exc.partial_text is None:
                             exc.partial_text = "".join(received)
                         raise
+                    if step == 0 and self.breaker is not None:
+                        if falls_back(exc):
+                            self.breaker.record_failure()
+                        else:
+                            self.breaker.record_success()  # it answered: the request was the problem
                     if step + 1 >= steps or not falls_back(exc):
                         raise
-                    self._emit(model, step, exc, self.fallbacks[step].name)
+                    last = exc
+                    if step + 1 > len(self.fallbacks) and not isinstance(exc, ProviderUnavailableError):
+                        raise  # only a backend that is down sends papin looking for another
+                    self._emit(model, step, exc, self._next(step))
                     break
                 finally:
+                    if step == 0 and self.breaker is not None:
+                        self.breaker.release()  # a probe that ended without an outcome frees its slot
                     await batches.aclose()
                     await stream.aclose()
 
     async def aclose(self) -> None:
-        """Close the primary and every fallback created."""
+        """Close the primary, every fallback created and the discovered backend."""
+        await self._back_to_primary()
         await super().aclose()
         for fallback in self.fallbacks:
             if fallback.provider is not None:

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncGenerator, Callable
-from typing import TYPE_CHECKING
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
+from papin.llm.errors import ProviderError
 from papin.llm.provider import Provider
+from papin.llm.router.breaker import CircuitBreaker
 from papin.llm.router.fallback import Fallback, FallbackChain
+from papin.llm.router.replicas import endpoint_of
 from papin.llm.router.retry import RecoveryEvent, RetryingProvider
 
 if TYPE_CHECKING:
@@ -33,11 +36,17 @@ class RecoveryHub:
     """
 
     def __init__(
-        self, config: Callable[[], LLMConfig], factory: Callable[[], ProviderFactory] | None = None
+        self,
+        config: Callable[[], LLMConfig],
+        factory: Callable[[], ProviderFactory] | None = None,
+        choose: Callable[[LLMConfig], Awaitable[tuple[Any, Provider]]] | None = None,
     ) -> None:
+        """``config`` and ``factory`` give the manager's current ones; ``choose`` runs the
+        manager's provider choice (discovery included) on a configuration."""
         self.listeners: list[Callable[[RecoveryEvent], None]] = []
         self._config = config
         self._factory = factory
+        self._choose = choose
         self._for: tuple[Provider, LLMConfig] | None = None
         self._wrapper: Provider | None = None
         self._chains: list[Provider] = []
@@ -57,25 +66,46 @@ class RecoveryHub:
 
     def wrap(self, provider: Provider) -> Provider:
         """``provider`` with recovery: retries (``config.retry``), then the fallback chain
-        (``config.fallbacks``); ``provider`` itself when neither is on."""
+        (``config.fallbacks``, and with ``auto_discover`` another running backend that serves
+        the model when the primary is down); ``provider`` itself when none is on."""
         config = self._config()
         if self._for is not None and self._for[0] is provider and self._for[1] is config:
             assert self._wrapper is not None
             return self._wrapper
         wrapper = self._retrying(provider, config.retry)
-        if config.fallbacks and self._factory is not None:
+        discover = self._discovery(config) if config.auto_discover and self._choose is not None else None
+        if (config.fallbacks and self._factory is not None) or discover is not None:
             factory = self._factory
+            assert factory is not None
             steps = [
                 Fallback(spec.provider_type, functools.partial(_create, factory, config, spec), spec.model)
                 for spec in config.fallbacks
             ]
+            breaker = CircuitBreaker(
+                endpoint_of(provider), failure_threshold=config.circuit_breaker.failure_threshold,
+                cooldown_seconds=config.circuit_breaker.cooldown_seconds,
+            )  # fmt: skip
             wrapper = FallbackChain(
                 wrapper, steps, auto_pull=config.auto_pull, on_event=self.emit,
-                prepare=lambda p: self._retrying(p, config.retry),
+                prepare=lambda p: self._retrying(p, config.retry), discover=discover, breaker=breaker,
             )  # fmt: skip
             self._chains.append(wrapper)
         self._for, self._wrapper = (provider, config), wrapper
         return wrapper
+
+    def _discovery(self, config: LLMConfig) -> Callable[[], Awaitable[Provider | None]]:
+        """Another running backend by the usual choice (the configured one left out), or None."""
+        choose = self._choose
+        assert choose is not None
+
+        async def discover() -> Provider | None:
+            try:
+                _, found = await choose(config.model_copy(update={"provider_type": None}))
+            except ProviderError:
+                return None
+            return found
+
+        return discover
 
     def _retrying(self, provider: Provider, policy: RetryConfig) -> Provider:
         if policy.max_attempts <= 1:

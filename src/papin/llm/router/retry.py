@@ -39,7 +39,7 @@ __all__ = ["EventKind", "RecoveryEvent", "RetryingProvider", "is_retryable", "re
 EventKind = Literal[
     "attempt", "retried", "gave_up", "failed_after_output",  # retries (this module)
     "failed_over", "breaker_opened", "breaker_half_open", "breaker_closed",  # replicas
-    "fell_back",  # fallback chains
+    "fell_back", "moved",  # fallback chains, and moving to a discovered backend
 ]  # fmt: skip
 
 #: Timeout phases after which a new attempt may succeed (nothing was produced yet).
@@ -57,7 +57,9 @@ class RecoveryEvent:
     ``failed_over`` (an endpoint failed before output; the next is tried at once) and the
     breaker's ``breaker_opened`` / ``breaker_half_open`` / ``breaker_closed``, with the endpoint
     in ``provider`` (``ollama@http://host:port``); for fallback chains: ``fell_back`` (the
-    provider failed before output; ``reason`` names the error kind and the next provider).
+    provider failed before output, or its breaker is open; ``reason`` names the error kind and
+    the next provider) and ``moved`` (the primary and its fallbacks are down: discovery found
+    another running backend, used until the primary's breaker closes again).
     """
 
     kind: EventKind
