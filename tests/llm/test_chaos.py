@@ -118,3 +118,30 @@ async def test_a_replica_killed_mid_run_fails_no_request(replicas: list[Replica]
     second = await asyncio.gather(*(one() for _ in range(8)))
     await manager.aclose()
     assert first + second == [TEXT] * 12
+
+
+# -- a userspace TCP proxy in front of one replica: latency, stalls, resets -------------------
+
+
+@pytest.mark.parametrize("mode", ["stall", "reset", "latency"])
+async def test_proxy_faults_before_output_fail_over(replicas: list[Replica], mode: str) -> None:
+    from tests.fakes.proxy import ChaosProxy
+
+    host, port = replicas[0].url.removeprefix("http://").split(":")
+    with ChaosProxy(host, int(port), mode="pass", delay=0.05) as proxy:
+        manager, events = _manager([proxy.url, replicas[1].url])
+        await manager.initialize()
+        replica_set = manager.current_provider
+        assert isinstance(replica_set, ReplicaSet)
+        proxy.mode = mode  # type: ignore[assignment]
+        started = time.monotonic()
+        results = [await manager.generate_text(MODEL, "hi", OPTIONS) for _ in range(4)]
+        elapsed = time.monotonic() - started
+        await manager.aclose()
+    assert results == [TEXT] * 4
+    if mode == "latency":  # slow but healthy: nothing fails over
+        assert not [e for e in events if e.kind == "failed_over"]
+    else:
+        assert replica_set.breakers[0].state == "open"
+        assert [e.kind for e in events].count("failed_over") == 1  # then it rests
+        assert elapsed < 0.5 + 1.0  # the stall costs one first-byte limit, once
