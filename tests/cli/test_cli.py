@@ -569,3 +569,16 @@ def test_ctrl_c_at_the_chat_prompt_quits(fake: FakeOllama) -> None:
     proc.interrupt()
     assert proc.finish() == 130, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_providers_shows_each_replica_and_its_breaker(fake: FakeOllama, isolated_env: Path) -> None:
+    dead = dead_url()
+    endpoints = json.dumps([fake.url, dead])
+    assert papin("config", "set", "providers.ollama.endpoints", endpoints).exit_code == 0
+    result = papin("providers", env={"PAPIN_AUTO_DISCOVER": "0", "PAPIN_PROVIDER": "ollama"})
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("ollama replica")]
+    assert len(lines) == 2, result.stdout
+    assert f"{fake.url} up, breaker closed" in lines[0]
+    assert f"{dead} down, breaker closed" in lines[1]
+    assert "Using ollama:" in result.stdout

@@ -85,6 +85,9 @@ def providers(state: CliState, as_json: bool, refresh: bool) -> None:
         )
     console.print(table)
     for name, status in statuses.items():
+        for key, value in status.details.items():
+            if key.startswith("replica "):  # several endpoints: each one's health and breaker
+                click.echo(f"{name} {key}: {value}")
         if not status.available:
             click.echo(f"{name}: {one_line(status.error or 'unavailable')}")
     print_discovery(found)

@@ -229,6 +229,18 @@ async def provider_statuses(
     statuses: dict[str, ProviderStatus] = {}
     pending: dict[str, Provider] = {}
     for name in factory.registered_providers():
+        settings = config.settings_for(name)
+        if len(settings.get("endpoints") or ()) > 1:  # replicas: each endpoint and its breaker
+            try:
+                first = factory.create_provider(name, settings)
+            except ConfigurationError as exc:
+                statuses[name] = ProviderStatus(name, False, error=str(exc))
+                continue
+            from papin.llm.router import replicate
+
+            make = lambda url, n=name, s=settings: factory.create_provider(n, {**s, "endpoint": url})  # noqa: E731
+            pending[name] = replicate(first, make, config.circuit_breaker)
+            continue
         running = found.running(name)
         if running:
             b = running[0]
