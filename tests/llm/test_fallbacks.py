@@ -163,3 +163,26 @@ async def test_no_move_to_a_backend_that_lacks_the_model() -> None:
             await manager.generate_text(MODEL, "hi")
         await manager.aclose()
     assert other.requests_to(GEN) == []
+
+
+async def test_a_request_without_a_model_moves_to_a_backend_serving_its_own() -> None:
+    """The caller named no model: the backend moved to serves its own (here its only one)."""
+    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=["something-else"])
+    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    with primary, other:
+        cfg = LLMConfig(
+            provider_type="ollama", auto_pull=False, retry=RetryConfig(max_attempts=1),
+            provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
+            discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
+        )  # fmt: skip
+        manager = LLMManager.with_config(cfg)
+        events: list[RecoveryEvent] = []
+        manager.recovery.listeners.append(events.append)
+        await manager.initialize()
+        primary.fault(GEN, "reset", times=100)
+        assert await manager.generate_text(None, "hi") == TEXT  # no model named
+        with pytest.raises(ProviderError):  # a named model the other lacks: no move
+            await manager.generate_text(MODEL, "hi")
+        await manager.aclose()
+    assert [r.json["model"] for r in other.requests_to(GEN)] == ["something-else:latest"]
+    assert [e.kind for e in events].count("moved") == 1

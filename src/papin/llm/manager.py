@@ -422,7 +422,7 @@ class LLMManager:
     ) -> AsyncGenerator[list[GenerationChunk], None]:
         model = await self.resolve_model(model_or_none)
         provider = await self._ensure()
-        stream = open_stream(self.recovery.wrap(provider), model)
+        stream = self.recovery.open(provider, lambda p: open_stream(p, model), model_or_none is not None)
         batches = batches_of(stream)
         try:
             try:
@@ -493,7 +493,7 @@ class LLMManager:
         """Complete ``prompt``; returns text and statistics."""
         name = await self.resolve_model(model)
         provider = await self._ensure()
-        return await provider.collect(name, self.stream(name, prompt, options, on_download=on_download))
+        return await provider.collect(name, self.stream(model, prompt, options, on_download=on_download))
 
     async def generate_text(
         self,
@@ -523,7 +523,7 @@ class LLMManager:
         name = await self.resolve_model(model)
         provider = await self._ensure()
         return await provider.collect(
-            name, self.stream(name, prompt, options, on_download=on_download), callback=callback
+            name, self.stream(model, prompt, options, on_download=on_download), callback=callback
         )
 
     async def chat(
@@ -540,7 +540,7 @@ class LLMManager:
         provider = await self._ensure()
         return await provider.collect(
             name,
-            self.stream_chat(name, messages, options, on_download=on_download),
+            self.stream_chat(model, messages, options, on_download=on_download),
             callback=callback,
         )
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +36,12 @@ from papin.llm.wrapper import WrapperProvider
 if TYPE_CHECKING:
     from papin.llm.options import GenerationOptions
 
-__all__ = ["Fallback", "FallbackChain", "falls_back"]
+__all__ = ["MODEL_GIVEN", "Fallback", "FallbackChain", "falls_back"]
+
+#: Whether the caller named the model of the request being opened (the manager sets it): a
+#: backend moved to by discovery must serve a named model; for one the caller left to papin,
+#: the backend's own default will do.
+MODEL_GIVEN: ContextVar[bool] = ContextVar("papin_model_given", default=True)
 
 
 def falls_back(error: ProviderError) -> bool:
@@ -93,13 +99,15 @@ class FallbackChain(WrapperProvider):
         self, model: str, prompt: str, options: GenerationOptions | None = None
     ) -> AsyncGenerator[GenerationChunk, None]:
         """The primary's completion, or the first fallback's that works."""
-        return ChunkStream(self._chain(model, lambda p, m: p.stream_generate(m, prompt, options)))
+        given = MODEL_GIVEN.get()  # read now: the generator body runs later
+        return ChunkStream(self._chain(model, lambda p, m: p.stream_generate(m, prompt, options), given))
 
     def stream_chat(
         self, model: str, messages: Messages, options: GenerationOptions | None = None
     ) -> AsyncGenerator[GenerationChunk, None]:
         """The primary's chat reply, or the first fallback's that works."""
-        return ChunkStream(self._chain(model, lambda p, m: p.stream_chat(m, messages, options)))
+        given = MODEL_GIVEN.get()
+        return ChunkStream(self._chain(model, lambda p, m: p.stream_chat(m, messages, options), given))
 
     def _emit(self, model: str, step: int, error: ProviderError | None, to: str) -> None:
         if self.on_event is not None:
@@ -109,17 +117,17 @@ class FallbackChain(WrapperProvider):
     def _next(self, step: int) -> str:
         return self.fallbacks[step].name if step < len(self.fallbacks) else "a discovered backend"
 
-    async def _provider(self, step: int, model: str) -> Provider | None:
+    async def _provider(self, step: int, model: str, given: bool) -> Provider | None:
         if step == 0:
             return self.wrapped
         if step > len(self.fallbacks):
-            return await self._discovered(model)
+            return await self._discovered(model, given)
         provider = self.fallbacks[step - 1].get()
         return self._prepare(provider) if self._prepare is not None else provider
 
-    async def _discovered(self, model: str) -> Provider | None:
-        """Another running backend that serves ``model``, found by discovery (kept until the
-        primary is back), or ``None``."""
+    async def _discovered(self, model: str, given: bool) -> Provider | None:
+        """Another running backend that serves ``model`` (or, when the caller named none, any:
+        it serves its default), found by discovery and kept until the primary is back."""
         if self.discovered is None:
             assert self._discover is not None
             found = await self._discover()
@@ -128,13 +136,19 @@ class FallbackChain(WrapperProvider):
             try:
                 await found.get_model_info(model)
             except ProviderError:
-                await found.aclose()
-                return None  # it does not serve the requested model
+                if given or not await _default_of(found):
+                    await found.aclose()
+                    return None  # it does not serve the requested model
             self.discovered = self._prepare(found) if self._prepare is not None else found
             if self.on_event is not None:
                 where = f"{found.name}@{getattr(found, 'endpoint', '') or 'in-process'}"
                 self.on_event(RecoveryEvent("moved", self.name, model, 0, f"moved to {where}", None, 0.0,
                                             time.time()))  # fmt: skip
+        elif given:  # moved earlier, for another request: it must serve this named model too
+            try:
+                await self.discovered.get_model_info(model)
+            except ProviderError:
+                return None
         return self.discovered
 
     async def _back_to_primary(self) -> None:
@@ -142,10 +156,18 @@ class FallbackChain(WrapperProvider):
         if moved is not None:
             await moved.aclose()
 
-    async def _model_for(self, step: int, provider: Provider, requested: str) -> str:
+    async def _model_for(self, step: int, provider: Provider, requested: str, given: bool = True) -> str:
         if step == 0:
             return requested
-        chosen = self.fallbacks[step - 1].model if step <= len(self.fallbacks) else None
+        if step > len(self.fallbacks):  # the backend discovery moved to
+            if given:
+                return requested  # it serves it (checked when it was found)
+            try:
+                await provider.get_model_info(requested)
+                return requested
+            except ProviderError:
+                return await _default_of(provider) or requested
+        chosen = self.fallbacks[step - 1].model
         if chosen:
             return chosen
         default = provider.default_model_id()
@@ -157,7 +179,10 @@ class FallbackChain(WrapperProvider):
         return requested
 
     async def _chain(
-        self, model: str, open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]]
+        self,
+        model: str,
+        open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]],
+        given: bool = True,
     ) -> AsyncGenerator[list[GenerationChunk], None]:
         steps = 1 + len(self.fallbacks) + (1 if self._discover is not None else 0)
         last: ProviderError | None = None
@@ -171,11 +196,11 @@ class FallbackChain(WrapperProvider):
                 assert last is not None
                 raise last  # discovery is for a backend that is down, not one that refused
             try:
-                provider = await self._provider(step, model)
+                provider = await self._provider(step, model, given)
                 if provider is None:  # discovery found nothing that serves the model
                     assert last is not None
                     raise last
-                name = await self._model_for(step, provider, model)
+                name = await self._model_for(step, provider, model, given)
             except ProviderError as exc:
                 if exc is last:
                     raise
@@ -245,3 +270,15 @@ class FallbackChain(WrapperProvider):
         for fallback in self.fallbacks:
             if fallback.provider is not None:
                 await fallback.provider.aclose()
+
+
+async def _default_of(provider: Provider) -> str | None:
+    """The model a backend serves when none is named: its default, else its first installed."""
+    default = provider.default_model_id()
+    if default:
+        return default
+    try:
+        models = await provider.list_downloaded_models()
+    except ProviderError:
+        return None
+    return models[0].id if models else None

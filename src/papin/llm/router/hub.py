@@ -9,10 +9,11 @@ import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from papin.llm.datatypes import GenerationChunk
 from papin.llm.errors import ProviderError
 from papin.llm.provider import Provider
 from papin.llm.router.breaker import CircuitBreaker
-from papin.llm.router.fallback import Fallback, FallbackChain
+from papin.llm.router.fallback import MODEL_GIVEN, Fallback, FallbackChain
 from papin.llm.router.replicas import endpoint_of
 from papin.llm.router.retry import RecoveryEvent, RetryingProvider
 
@@ -92,6 +93,20 @@ class RecoveryHub:
             self._chains.append(wrapper)
         self._for, self._wrapper = (provider, config), wrapper
         return wrapper
+
+    def open(
+        self,
+        provider: Provider,
+        open_stream: Callable[[Provider], AsyncGenerator[GenerationChunk, None]],
+        model_given: bool = True,
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """``open_stream`` on ``provider`` with recovery; ``model_given`` says whether the
+        caller named the model (else a backend moved to may serve its own default)."""
+        token = MODEL_GIVEN.set(model_given)
+        try:
+            return open_stream(self.wrap(provider))
+        finally:
+            MODEL_GIVEN.reset(token)
 
     def _discovery(self, config: LLMConfig) -> Callable[[], Awaitable[Provider | None]]:
         """Another running backend by the usual choice (the configured one left out), or None."""
