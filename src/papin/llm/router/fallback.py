@@ -263,13 +263,18 @@ class FallbackChain(WrapperProvider):
                     await batches.aclose()
                     await stream.aclose()
 
+    async def close_extras(self) -> None:
+        """Close what this chain created (fallbacks, the discovered backend), not the primary."""
+        await self._back_to_primary()
+        for fallback in self.fallbacks:
+            provider, fallback.provider = fallback.provider, None
+            if provider is not None:
+                await provider.aclose()
+
     async def aclose(self) -> None:
         """Close the primary, every fallback created and the discovered backend."""
-        await self._back_to_primary()
+        await self.close_extras()
         await super().aclose()
-        for fallback in self.fallbacks:
-            if fallback.provider is not None:
-                await fallback.provider.aclose()
 
 
 async def _default_of(provider: Provider) -> str | None:

@@ -50,7 +50,7 @@ class RecoveryHub:
         self._choose = choose
         self._for: tuple[Provider, LLMConfig] | None = None
         self._wrapper: Provider | None = None
-        self._chains: list[Provider] = []
+        self._chains: list[FallbackChain] = []
         self._queues: list[asyncio.Queue[RecoveryEvent]] = []
 
     async def events(self, *, max_queued: int = 1000) -> AsyncGenerator[RecoveryEvent, None]:
@@ -128,13 +128,12 @@ class RecoveryHub:
         return RetryingProvider(provider, policy, on_event=self.emit)
 
     async def aclose(self) -> None:
-        """Close the fallback providers this hub created (the primary is the manager's)."""
+        """Close the providers this hub's chains created: fallbacks and discovered backends (the
+        primary is the manager's)."""
         chains, self._chains = self._chains, []
         self._for = self._wrapper = None
         for chain in chains:
-            for step in getattr(chain, "fallbacks", ()):
-                if step.provider is not None:
-                    await step.provider.aclose()
+            await chain.close_extras()
 
     def emit(self, event: RecoveryEvent) -> None:
         """Give ``event`` to every listener (a failing listener is logged, never raised)."""
