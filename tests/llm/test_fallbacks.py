@@ -186,3 +186,16 @@ async def test_a_request_without_a_model_moves_to_a_backend_serving_its_own() ->
         await manager.aclose()
     assert [r.json["model"] for r in other.requests_to(GEN)] == ["something-else:latest"]
     assert [e.kind for e in events].count("moved") == 1
+
+
+async def test_a_primary_down_at_start_starts_on_the_first_fallback_that_answers(backup: FakeOllama) -> None:
+    manager, _ = _manager(closed_port_url(), [
+        FallbackSpec(provider_type="ollama", provider_config={"endpoint": closed_port_url()}),
+        FallbackSpec(provider_type="ollama", provider_config={"endpoint": backup.url}),
+    ])  # fmt: skip
+    await manager.initialize()
+    choice = manager.provider_choice
+    assert choice is not None and "fallback 2" in choice.reason and len(choice.tried) == 2
+    assert await manager.generate_text(MODEL, "hi") == TEXT
+    await manager.aclose()
+    assert len(backup.requests_to(GEN)) == 1

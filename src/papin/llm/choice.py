@@ -166,6 +166,14 @@ async def choose_provider(
                 configured, _reason(configured, configured, status, tried), status
             ), provider
         tried.append(status)
+        for index, spec in enumerate(config.fallbacks, 1):  # the configured fallbacks, in order
+            settings = {**config.settings_for(spec.provider_type), **spec.provider_config}
+            provider, status = await _try(factory, spec.provider_type, settings, None, replicas)
+            if provider is not None:
+                kind = spec.provider_type
+                reason = f"the configured {configured} is unavailable; fallback {index} ({kind}) answers"
+                return ProviderChoice(spec.provider_type, reason, status, tuple(tried)), provider
+            tried.append(status)
         if not config.auto_discover:
             raise _unavailable(tried, configured, " (auto_discover is off: no other provider was tried.)")
     if not config.auto_discover:
