@@ -199,3 +199,26 @@ async def test_a_primary_down_at_start_starts_on_the_first_fallback_that_answers
     assert await manager.generate_text(MODEL, "hi") == TEXT
     await manager.aclose()
     assert len(backup.requests_to(GEN)) == 1
+
+
+async def test_no_model_named_and_the_primary_entirely_down() -> None:
+    """Nothing answers at the primary any more (not even its model list): a request that
+    named no model still moves to another running backend, which serves its own model."""
+    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=["something-else"])
+    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    with other:
+        primary.start()
+        cfg = LLMConfig(
+            provider_type="ollama", auto_pull=False, retry=RetryConfig(max_attempts=1),
+            provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
+            discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
+        )  # fmt: skip
+        manager = LLMManager.with_config(cfg)
+        await manager.initialize()
+        primary.stop()  # gone: connections refused from now on
+        assert await manager.generate_text(None, "hi") == TEXT
+        assert "".join([c.text async for c in manager.stream(None, "hi")]) == TEXT
+        with pytest.raises(ProviderError):  # a named model nobody running serves: typed failure
+            await manager.generate_text(MODEL, "hi")
+        await manager.aclose()
+    assert [r.json["model"] for r in other.requests_to(GEN)] == ["something-else:latest"] * 2

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from papin.llm.monitor import ChangeCallback, ModelChange, ModelMonitor, Snapshot
     from papin.llm.router import RecoveryHub
 
+Opener = Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]]  # opens a stream for a model
+
 __all__ = ["FALLBACK_PROVIDERS", "NO_DISCOVERY_ORDER", "LLMManager", "ProviderChoice", "create_llm_manager"]
 
 #: In-process providers tried after the running servers that discovery finds (the order of
@@ -396,15 +398,14 @@ class LLMManager:
         return await (await self._ensure()).get_system_info()
 
     # -- generation -----------------------------------------------------------------------
-    def _auto_pulling(
-        self,
-        model_or_none: str | None,
-        open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]],
-        on_download: ProgressCallback | None,
-    ) -> ChunkStream:
-        # The stream behind stream() and stream_chat(): the provider's chunks in the lists they
-        # arrived in (see ChunkStream), after a download when the model is missing.
-        return ChunkStream(self._auto_pulling_batches(model_or_none, open_stream, on_download))
+    async def _request_model(self, model: str | None) -> str:
+        """:meth:`resolve_model`, or, with no model named and the provider down, a placeholder."""
+        try:
+            return await self.resolve_model(model)
+        except ProviderUnavailableError:
+            if model or not (self.config.auto_discover or self.config.fallbacks):
+                raise
+            return (await self._ensure()).default_model_id() or "default"
 
     @property
     def recovery(self) -> RecoveryHub:
@@ -414,13 +415,10 @@ class LLMManager:
             self._recovery = RecoveryHub(lambda: self.config, lambda: self.factory, self._choose_provider)
         return self._recovery
 
-    async def _auto_pulling_batches(
-        self,
-        model_or_none: str | None,
-        open_stream: Callable[[Provider, str], AsyncGenerator[GenerationChunk, None]],
-        on_download: ProgressCallback | None,
+    async def _pulling(  # a stream's batches, after a download when the model is missing
+        self, model_or_none: str | None, open_stream: Opener, on_download: ProgressCallback | None
     ) -> AsyncGenerator[list[GenerationChunk], None]:
-        model = await self.resolve_model(model_or_none)
+        model = await self._request_model(model_or_none)
         provider = await self._ensure()
         stream = self.recovery.open(provider, lambda p: open_stream(p, model), model_or_none is not None)
         batches = batches_of(stream)
@@ -466,7 +464,8 @@ class LLMManager:
         Breaking out of the loop or cancelling the task closes the backend stream.
         """
         options = self.config.options_with_defaults(options)
-        stream = self._auto_pulling(model, lambda p, m: p.stream_generate(m, prompt, options), on_download)
+        batches = self._pulling(model, lambda p, m: p.stream_generate(m, prompt, options), on_download)
+        stream = ChunkStream(batches)
         return with_deadline(stream, options, lambda: self._provider.name if self._provider else None, model)
 
     def stream_chat(
@@ -479,7 +478,8 @@ class LLMManager:
     ) -> ChunkStream:
         """Stream a chat reply as :class:`GenerationChunk` objects."""
         options = self.config.options_with_defaults(options)
-        stream = self._auto_pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)
+        batches = self._pulling(model, lambda p, m: p.stream_chat(m, messages, options), on_download)
+        stream = ChunkStream(batches)
         return with_deadline(stream, options, lambda: self._provider.name if self._provider else None, model)
 
     async def generate(
@@ -491,7 +491,7 @@ class LLMManager:
         on_download: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Complete ``prompt``; returns text and statistics."""
-        name = await self.resolve_model(model)
+        name = await self._request_model(model)
         provider = await self._ensure()
         return await provider.collect(name, self.stream(model, prompt, options, on_download=on_download))
 
@@ -520,7 +520,7 @@ class LLMManager:
         ``callback`` returning ``False`` stops generation: the backend stream is closed and
         the result has ``finish_reason == "cancelled"``. It may be a coroutine function.
         """
-        name = await self.resolve_model(model)
+        name = await self._request_model(model)
         provider = await self._ensure()
         return await provider.collect(
             name, self.stream(model, prompt, options, on_download=on_download), callback=callback
@@ -536,7 +536,7 @@ class LLMManager:
         on_download: ProgressCallback | None = None,
     ) -> GenerationResult:
         """Answer a conversation; ``callback`` (optional) streams the reply as it comes."""
-        name = await self.resolve_model(model)
+        name = await self._request_model(model)
         provider = await self._ensure()
         return await provider.collect(
             name,
