@@ -42,6 +42,9 @@ FAULTS: list[tuple[str, dict[str, object], type[ProviderError]]] = [
     ("bad_status_line", {}, ProtocolError),
     ("slow_drip", {"seconds": 0.4}, ProviderTimeoutError),
     ("stall_mid_stream", {"after": 0, "seconds": 5}, ProviderTimeoutError),
+    ("wrong_content_type", {}, ProtocolError),
+    ("empty_body", {}, ProtocolError),
+    ("huge_response", {"mb": 80}, ProtocolError),
 ]
 
 
@@ -58,9 +61,11 @@ BY_DESIGN: dict[tuple[str, int], type[ProviderError]] = {
     ("vllm", 503): ProviderUnavailableError,  # GET /health 503: the engine has died
     ("localai", 503): ProviderUnavailableError,  # GET /readyz 503: still starting up
 }
-#: Health routes that answer with an empty body: a fault inside the body has nothing to cut.
+#: Health routes whose body papin does not read (an empty 200 is the answer): a fault in the
+#: body, or a body of another type, leaves the server healthy there (the next route, or the
+#: generation, reports a wrong answer typed).
 EMPTY_HEALTH_BODY = {"vllm", "localai"}
-BODY_FAULTS = {"slow_drip", "stall_mid_stream"}
+BODY_FAULTS = {"slow_drip", "stall_mid_stream", "wrong_content_type", "empty_body"}
 
 
 @pytest.fixture(params=list(SERVERS))
