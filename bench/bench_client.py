@@ -364,24 +364,27 @@ def streams(
     return {name: {"n": len(v), "median_s": statistics.median(v)} for name, v in samples.items()}
 
 
+async def throughput(call: Callable[[], Awaitable[Any]], total: int, inflight: int = INFLIGHT) -> float:
+    """Requests per second of ``total`` calls, ``inflight`` at a time."""
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            await call()
+
+    t0 = time.perf_counter()
+    async with asyncio.timeout(300):
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+    return total / (time.perf_counter() - t0)
+
+
 def concurrent(c: Clients, runner: asyncio.Runner, total: int, rounds: int, budget: float) -> dict[str, Any]:
-    async def throughput(call: Callable[[], Awaitable[Any]]) -> float:
-        remaining = total
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                await call()
-
-        t0 = time.perf_counter()
-        async with asyncio.timeout(300):
-            await asyncio.gather(*(worker() for _ in range(INFLIGHT)))
-        return total / (time.perf_counter() - t0)
 
     calls = {"papin_async": c.papin_async, "httpx_async": c.httpx_async_call, "aiohttp": c.aiohttp_call}
     samples = interleaved(
-        {name: (lambda call=call: runner.run(throughput(call))) for name, call in calls.items()},
+        {name: (lambda call=call: runner.run(throughput(call, total))) for name, call in calls.items()},
         rounds,
         budget,
     )

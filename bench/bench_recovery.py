@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from typing import Any
 
-from bench_client import CheapServer, log, pct
+from bench_client import CheapServer, log, pct, throughput
 
 MODEL = "bench-batched"
 INFLIGHT = 32
@@ -51,20 +51,6 @@ async def p50(call: Callable[[], Awaitable[Any]], n: int) -> float:
         await call()
         times.append(time.perf_counter() - t0)
     return pct(times, 0.5)
-
-
-async def throughput(call: Callable[[], Awaitable[Any]], total: int) -> float:
-    left = total
-
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await call()
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(INFLIGHT)))
-    return total / (time.perf_counter() - t0)
 
 
 async def run(quick: bool) -> dict[str, Any]:

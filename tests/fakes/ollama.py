@@ -418,8 +418,14 @@ class FakeOllama(FakeServer):
             frames: list[Frame] = [
                 compact({**self._message(name, chat, t), "done": False}) + b"\n" for t in tokens
             ]
-            final = self._final(name, chat, "", len(tokens), reason, prompt_tokens, raw)
-            frames.append(compact(final) + b"\n")
+            final = compact(self._final(name, chat, "", len(tokens), reason, prompt_tokens, raw)) + b"\n"
+
+            def last_frame() -> bytes:  # keep_alive 0 unloads before the client sees "done"
+                if keep == 0:
+                    self.loaded.pop(model.name, None)
+                return final
+
+            frames.append(last_frame)
             return await self.respond_stream(
                 request, frames, content_type=NDJSON, delay=self.token_delay
             )

@@ -116,23 +116,36 @@ def test_fallback_settings_are_validated() -> None:
     assert cfg.fallbacks[0].provider_type == "ollama"
 
 
+def _hosts(other_model: str) -> tuple[FakeOllama, FakeOllama]:
+    """A primary Ollama on 127.0.0.2 (serving MODEL) and another on 127.0.0.3 (not started)."""
+    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=[other_model])
+    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    return primary, other
+
+
+def _moving(
+    primary: FakeOllama, other: FakeOllama, **extra: object
+) -> tuple[LLMManager, list[RecoveryEvent]]:
+    """A manager on ``primary`` whose discovery also finds ``other`` (auto_discover is on)."""
+    cfg = LLMConfig(
+        provider_type="ollama", auto_pull=False, retry=RetryConfig(max_attempts=1),
+        provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
+        discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
+        **extra,  # type: ignore[arg-type]
+    )  # fmt: skip
+    manager = LLMManager.with_config(cfg)
+    events: list[RecoveryEvent] = []
+    manager.recovery.listeners.append(events.append)
+    return manager, events
+
+
 async def test_a_down_primary_moves_to_a_discovered_backend_and_comes_back() -> None:
     """auto_discover: the primary is down (connections reset), discovery finds another running
     Ollama that serves the model; requests go there until the primary's breaker closes."""
-    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=[MODEL])
-    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    primary, other = _hosts(MODEL)
     with primary, other:
-        cfg = LLMConfig(
-            provider_type="ollama",
-            provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
-            auto_pull=False,
-            retry=RetryConfig(max_attempts=1),
-            circuit_breaker={"failure_threshold": 1, "cooldown_seconds": 0.3},  # type: ignore[arg-type]
-            discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
-        )
-        manager = LLMManager.with_config(cfg)
-        events: list[RecoveryEvent] = []
-        manager.recovery.listeners.append(events.append)
+        breaker = {"failure_threshold": 1, "cooldown_seconds": 0.3}
+        manager, events = _moving(primary, other, circuit_breaker=breaker)
         await manager.initialize()
         primary.fault(GEN, "reset", times=100)
         assert await manager.generate_text(MODEL, "hi") == TEXT
@@ -148,15 +161,9 @@ async def test_a_down_primary_moves_to_a_discovered_backend_and_comes_back() -> 
 
 
 async def test_no_move_to_a_backend_that_lacks_the_model() -> None:
-    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=["something-else"])
-    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    primary, other = _hosts("something-else")
     with primary, other:
-        cfg = LLMConfig(
-            provider_type="ollama", auto_pull=False, retry=RetryConfig(max_attempts=1),
-            provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
-            discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
-        )  # fmt: skip
-        manager = LLMManager.with_config(cfg)
+        manager, _ = _moving(primary, other)
         await manager.initialize()
         primary.fault(GEN, "reset", times=100)
         with pytest.raises(ProviderError):
@@ -167,17 +174,9 @@ async def test_no_move_to_a_backend_that_lacks_the_model() -> None:
 
 async def test_a_request_without_a_model_moves_to_a_backend_serving_its_own() -> None:
     """The caller named no model: the backend moved to serves its own (here its only one)."""
-    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=["something-else"])
-    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    primary, other = _hosts("something-else")
     with primary, other:
-        cfg = LLMConfig(
-            provider_type="ollama", auto_pull=False, retry=RetryConfig(max_attempts=1),
-            provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
-            discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
-        )  # fmt: skip
-        manager = LLMManager.with_config(cfg)
-        events: list[RecoveryEvent] = []
-        manager.recovery.listeners.append(events.append)
+        manager, events = _moving(primary, other)
         await manager.initialize()
         primary.fault(GEN, "reset", times=100)
         assert await manager.generate_text(None, "hi") == TEXT  # no model named
@@ -204,16 +203,10 @@ async def test_a_primary_down_at_start_starts_on_the_first_fallback_that_answers
 async def test_no_model_named_and_the_primary_entirely_down() -> None:
     """Nothing answers at the primary any more (not even its model list): a request that
     named no model still moves to another running backend, which serves its own model."""
-    primary, other = FakeOllama(models=[MODEL]), FakeOllama(models=["something-else"])
-    primary.host, other.host = "127.0.0.2", "127.0.0.3"
+    primary, other = _hosts("something-else")
     with other:
         primary.start()
-        cfg = LLMConfig(
-            provider_type="ollama", auto_pull=False, retry=RetryConfig(max_attempts=1),
-            provider_config={"endpoint": primary.url, "connect_timeout_seconds": 0.5, "timeout_seconds": 1.0},
-            discovery={"extra_endpoints": [f"ollama={other.url}"]},  # type: ignore[arg-type]
-        )  # fmt: skip
-        manager = LLMManager.with_config(cfg)
+        manager, _ = _moving(primary, other)
         await manager.initialize()
         primary.stop()  # gone: connections refused from now on
         assert await manager.generate_text(None, "hi") == TEXT

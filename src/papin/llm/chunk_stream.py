@@ -10,7 +10,7 @@ chunk at a time. It is an ordinary async generator to everyone else.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -76,18 +76,24 @@ class ChunkStream(AsyncGenerator[GenerationChunk, None]):
         await self._batches.aclose()
 
 
-async def batches_of(chunks: AsyncIterator[GenerationChunk]) -> AsyncGenerator[list[GenerationChunk], None]:
-    """The chunks of any stream as lists: a :class:`ChunkStream`'s own batches, else one per list."""
-    if isinstance(chunks, ChunkStream):
-        while True:
-            try:
-                batch = await chunks.next_batch()
-            except StopAsyncIteration:
-                return
-            yield batch
-    else:
-        async for chunk in chunks:
-            yield [chunk]
+async def batches_of(
+    chunks: AsyncGenerator[GenerationChunk, None],
+) -> AsyncGenerator[list[GenerationChunk], None]:
+    """The chunks of any stream as lists: a :class:`ChunkStream`'s own batches, else one per list.
+    Closing it (or its end) closes ``chunks``, and with it the backend stream."""
+    try:
+        if isinstance(chunks, ChunkStream):
+            while True:
+                try:
+                    batch = await chunks.next_batch()
+                except StopAsyncIteration:
+                    return
+                yield batch
+        else:
+            async for chunk in chunks:
+                yield [chunk]
+    finally:
+        await chunks.aclose()
 
 
 def with_deadline(

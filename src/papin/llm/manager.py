@@ -420,8 +420,8 @@ class LLMManager:
     ) -> AsyncGenerator[list[GenerationChunk], None]:
         model = await self._request_model(model_or_none)
         provider = await self._ensure()
-        stream = self.recovery.open(provider, lambda p: open_stream(p, model), model_or_none is not None)
-        batches = batches_of(stream)
+        given = model_or_none is not None
+        batches = batches_of(self.recovery.open(provider, lambda p: open_stream(p, model), given))
         try:
             try:
                 first = await batches.__anext__()
@@ -429,7 +429,6 @@ class LLMManager:
                 return
             except ModelNotFoundError as exc:
                 await batches.aclose()
-                await stream.aclose()
                 if not self.config.auto_pull or not provider.can_pull(model):
                     if not self.config.auto_pull and provider.can_pull(model):
                         exc.message += (
@@ -438,8 +437,7 @@ class LLMManager:
                         exc.args = (exc.message,)
                     raise
                 await provider.download_model(model, on_download or self.on_download)
-                stream = open_stream(self.recovery.wrap(provider), model)
-                batches = batches_of(stream)
+                batches = batches_of(open_stream(self.recovery.wrap(provider), model))
                 try:
                     first = await batches.__anext__()
                 except StopAsyncIteration:
@@ -449,7 +447,6 @@ class LLMManager:
                 yield batch
         finally:
             await batches.aclose()
-            await stream.aclose()
 
     def stream(
         self,

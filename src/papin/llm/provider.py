@@ -404,8 +404,7 @@ class Provider(ABC):
                 if stopped:
                     break
         finally:
-            await batches.aclose()
-            await chunks.aclose()
+            await batches.aclose()  # closes ``chunks`` too
         if stats is None:  # a well-behaved stream always ends with done=True
             raise CancelledError("Generation stopped before it finished.", provider=self.name)
         return GenerationResult(text="".join(parts), model=model, provider=self.name, stats=stats)

@@ -211,8 +211,7 @@ class FallbackChain(WrapperProvider):
                 raise
             pulled = False
             while True:
-                stream = open_stream(provider, name)
-                batches = batches_of(stream)
+                batches = batches_of(open_stream(provider, name))
                 received: list[str] | None = None  # set once output reached the caller
                 try:
                     try:
@@ -227,7 +226,6 @@ class FallbackChain(WrapperProvider):
                             raise
                         pulled = True
                         await batches.aclose()
-                        await stream.aclose()
                         await provider.download_model(name)
                         continue
                     if step == 0 and self.breaker is not None:
@@ -261,7 +259,6 @@ class FallbackChain(WrapperProvider):
                     if step == 0 and self.breaker is not None:
                         self.breaker.release()  # a probe that ended without an outcome frees its slot
                     await batches.aclose()
-                    await stream.aclose()
 
     async def close_extras(self) -> None:
         """Close what this chain created (fallbacks, the discovered backend), not the primary."""

@@ -156,8 +156,7 @@ class ReplicaSet(WrapperProvider):
                 continue
             breaker = self.breakers[index]
             self.in_flight[index] += 1
-            stream = open_stream(self.replicas[index])
-            batches = batches_of(stream)
+            batches = batches_of(open_stream(self.replicas[index]))
             outcome = False  # whether the breaker heard how this attempt went
             try:
                 try:
@@ -189,7 +188,6 @@ class ReplicaSet(WrapperProvider):
                     breaker.release()
                 self.in_flight[index] -= 1
                 await batches.aclose()
-                await stream.aclose()
 
     # -- status and models ----------------------------------------------------------------
     async def status(self) -> ProviderStatus:

@@ -161,8 +161,7 @@ class RetryingProvider(WrapperProvider):
         while True:
             attempt += 1
             self._emit("attempt", model, attempt)
-            stream = open_stream()
-            batches = batches_of(stream)
+            batches = batches_of(open_stream())
             try:
                 try:
                     first = await batches.__anext__()
@@ -175,7 +174,6 @@ class RetryingProvider(WrapperProvider):
                         raise
                     self._emit("retried", model, attempt, reason=exc.kind, error=exc, delay=delay)
                     await batches.aclose()
-                    await stream.aclose()
                     await self._sleep(delay)
                     continue
                 received = [c.text for c in first]
@@ -191,4 +189,3 @@ class RetryingProvider(WrapperProvider):
                 return
             finally:
                 await batches.aclose()
-                await stream.aclose()
